@@ -1,0 +1,3 @@
+from voxseg.cli import main
+
+main()

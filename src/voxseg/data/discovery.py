@@ -1,0 +1,181 @@
+"""Find cases on disk in the layouts people actually have, and split them.
+
+Layouts:
+- ``kits19``: ``root/case_XXXXX/imaging.nii.gz`` + ``segmentation.nii.gz`` (or under ``root/data``)
+- ``kits21``: ``root/dataset/case_XXXXX/imaging.nii.gz`` + ``segmentation.nii.gz`` or
+  ``aggregated_MAJ_seg.nii.gz`` (KiTS21 / KiTS23)
+- ``msd``: Medical Segmentation Decathlon / nnU-Net raw: ``imagesTr/X_0000.nii.gz`` or
+  ``imagesTr/X.nii.gz`` + ``labelsTr/X.nii.gz``; ``imagesTs/`` cases are unlabelled
+- ``folder``: a plain folder of image files (unlabelled, for prediction)
+- ``file``: a single image file (unlabelled)
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from voxseg.data.io import IMAGE_SUFFIXES, image_stem, is_dicom_dir, is_image_file
+from voxseg.errors import ConfigError, InputError
+
+Layout = Literal["kits19", "kits21", "msd", "folder", "file"]
+KITS_IMAGE = "imaging.nii.gz"
+KITS_LABELS = ("segmentation.nii.gz", "aggregated_MAJ_seg.nii.gz")
+_CASE_DIR = re.compile(r"^case_\d+$")
+_MSD_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One scan and, when known, its label map."""
+
+    case_id: str
+    image: Path
+    label: Path | None = None
+
+    @property
+    def labelled(self) -> bool:
+        return self.label is not None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    root: Path
+    layout: Layout
+    cases: tuple[Case, ...]
+    notes: tuple[str, ...] = field(default=())
+    """Things discovery skipped, worded for the user (e.g. a case folder without an image)."""
+
+    @property
+    def labelled(self) -> tuple[Case, ...]:
+        return tuple(c for c in self.cases if c.labelled)
+
+    @property
+    def unlabelled(self) -> tuple[Case, ...]:
+        return tuple(c for c in self.cases if not c.labelled)
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        entries = sorted(path.iterdir())
+    except OSError:
+        return []
+    out = []
+    for p in entries:
+        try:
+            if p.is_dir():  # follows symlinks; a symlink loop raises or returns False
+                out.append(p)
+        except OSError:
+            continue
+    return out
+
+
+def _kits_cases(base: Path) -> tuple[list[Case], list[str]]:
+    cases, notes = [], []
+    for d in _subdirs(base):
+        if not _CASE_DIR.match(d.name):
+            continue
+        image = d / KITS_IMAGE
+        label = next((d / n for n in KITS_LABELS if (d / n).is_file()), None)
+        if not image.is_file():
+            notes.append(f"{d}: no {KITS_IMAGE}, skipped")
+            continue
+        cases.append(Case(d.name, image, label))
+    return cases, notes
+
+
+def _image_files(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if is_image_file(p))
+    except OSError:
+        return []
+
+
+def _msd_cases(root: Path) -> tuple[list[Case], list[str]]:
+    cases, notes = [], []
+    labels = {image_stem(p): p for p in _image_files(root / "labelsTr")}
+    for sub, labelled in (("imagesTr", True), ("imagesTs", False)):
+        by_case: dict[str, list[Path]] = {}
+        for p in _image_files(root / sub):
+            stem = image_stem(p)
+            m = _MSD_CHANNEL.match(stem)
+            case_id = m.group("case") if m and stem not in labels else stem
+            by_case.setdefault(case_id, []).append(p)
+        for case_id, files in sorted(by_case.items()):
+            if len(files) > 1:
+                notes.append(f"{case_id}: {len(files)} channels, using {files[0].name} only")
+            label = labels.get(case_id) if labelled else None
+            if labelled and label is None:
+                notes.append(f"{files[0]}: no label in labelsTr, listed as unlabelled")
+            cases.append(Case(case_id, files[0], label))
+    return cases, notes
+
+
+def discover(root: str | Path) -> Dataset:
+    """Recognise the layout under `root` and list its cases (sorted by case id)."""
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"{root}: no such file or folder; check the path")
+    if is_image_file(root):
+        return Dataset(root, "file", (Case(image_stem(root), root),))
+    if not root.is_dir():
+        raise InputError(
+            f"{root}: not an image file ({', '.join(IMAGE_SUFFIXES)}) or a folder; check the path"
+        )
+    for base, layout in ((root, "kits19"), (root / "data", "kits19"), (root / "dataset", "kits21")):
+        if base.is_dir():
+            cases, notes = _kits_cases(base)
+            if cases:
+                has_maj = any(c.label and c.label.name != KITS_LABELS[0] for c in cases)
+                return Dataset(root, "kits21" if has_maj else layout, tuple(cases), tuple(notes))
+    if (root / "imagesTr").is_dir() or (root / "imagesTs").is_dir():
+        cases, notes = _msd_cases(root)
+        if cases:
+            return Dataset(root, "msd", tuple(cases), tuple(notes))
+    files = _image_files(root)
+    if files:
+        return Dataset(root, "folder", tuple(Case(image_stem(p), p) for p in files))
+    dicom = [d for d in [root, *_subdirs(root)] if is_dicom_dir(d)]
+    if dicom:
+        return Dataset(root, "folder", tuple(Case(d.name, d) for d in dicom))
+    raise InputError(
+        f"{root}: no cases found; expected case_XXXXX/imaging.nii.gz (KiTS), "
+        "imagesTr/ + labelsTr/ (MSD/nnU-Net), or image files"
+    )
+
+
+def require_labelled(dataset: Dataset, minimum: int = 1) -> tuple[Case, ...]:
+    cases = dataset.labelled
+    if len(cases) < minimum:
+        raise InputError(
+            f"{dataset.root}: {len(cases)} labelled cases, need at least {minimum}; "
+            "add label files (e.g. case_XXXXX/segmentation.nii.gz)"
+        )
+    return cases
+
+
+def split_cases(
+    cases: Sequence[Case],
+    *,
+    val_fraction: float = 0.2,
+    val_cases: Sequence[str] = (),
+    seed: int = 0,
+) -> tuple[list[Case], list[Case]]:
+    """Deterministic train/validation split: named `val_cases`, else a seeded fraction."""
+    if val_cases:
+        wanted = set(val_cases)
+        unknown = wanted - {c.case_id for c in cases}
+        if unknown:
+            raise ConfigError(f"--val-cases: unknown case ids {sorted(unknown)}")
+        return [c for c in cases if c.case_id not in wanted], [c for c in cases if c.case_id in wanted]
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction {val_fraction}: must be in [0, 1)")
+    order = list(cases)
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(order) * val_fraction)) if val_fraction > 0 and len(order) > 1 else 0
+    val_ids = {c.case_id for c in order[:n_val]}
+    return [c for c in cases if c.case_id not in val_ids], [c for c in cases if c.case_id in val_ids]
