@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from voxseg.atomic import atomic_path
+from voxseg.data.nifti import check_nifti
 from voxseg.errors import InputError, OutputExistsError, VoxsegError
 from voxseg.geometry import Geometry
 
@@ -191,6 +192,8 @@ def read_image(path: str | Path, *, allow_nonfinite: bool = False) -> tuple[np.n
     path = Path(path)
     _check_readable(path)
     img = _read(path)
+    if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")):
+        check_nifti(path)  # short data and NaN/inf, which ITK hides
     array = sitk.GetArrayFromImage(img)
     if not allow_nonfinite and array.dtype.kind == "f" and not np.isfinite(array).all():
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))

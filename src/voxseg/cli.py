@@ -1,0 +1,186 @@
+"""Command-line interface. Thin Typer commands; heavy imports happen inside each command so
+that `voxseg --help` stays instant."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="voxseg",
+    help="Train and run 3D CNNs for binary segmentation of volumetric medical images.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One line, a documented exit code and no traceback for anything the user can fix."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from voxseg.errors import VoxsegError
+
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except VoxsegError as exc:
+            if _state["debug"]:
+                raise
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+        except OSError as exc:
+            if _state["debug"]:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror or exc}; check the path, permissions and free space", 2)
+        except MemoryError:
+            _fail("out of memory; use a smaller --shape/--spacing or --batch-size", 2)
+        except Exception as exc:  # noqa: BLE001 - last line of defence, still one line
+            if _state["debug"]:
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", 1)
+
+    return wrapper
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _parse_foreground(value: str | None) -> tuple[int, ...] | None:
+    from voxseg.errors import ConfigError
+
+    if value is None or value.strip().lower() in ("", "all", "nonzero"):
+        return None
+    try:
+        return tuple(int(v) for v in value.replace(",", " ").split())
+    except ValueError:
+        raise ConfigError(f"--foreground {value!r}: give label values like '2' or '1,2'") from None
+
+
+ForegroundOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--foreground",
+        help="Label values that form the target, e.g. '2' (tumour) or '1,2'. Default: every non-zero label.",
+    ),
+]
+
+
+@app.command()
+@handle_errors
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Folder to create (KiTS19 layout).")],
+    cases: Annotated[int, typer.Option("--cases", min=1, help="Number of cases.")] = 8,
+    shape: Annotated[tuple[int, int, int], typer.Option("--shape", help="Array shape Z Y X.")] = (64, 64, 64),
+    spacing: Annotated[
+        tuple[float, float, float], typer.Option("--spacing", help="Voxel size in mm, Z Y X.")
+    ] = (2.5, 1.6, 1.6),
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (case i uses seed + i).")] = 0,
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="KiTS-layout folder of real label maps to paint CT around."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+) -> None:
+    """Write a KiTS19-layout dataset of synthetic CT-like volumes (Hounsfield units)."""
+    from rich.progress import Progress
+
+    from voxseg.synth import write_dataset
+
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("synthesising", total=cases)
+        written = write_dataset(
+            out, cases, shape=shape, spacing=spacing, seed=seed, labels_dir=labels,
+            overwrite=overwrite, progress=lambda _i: bar.advance(task),
+        )
+    console.print(f"wrote {len(written)} cases to {out}")
+
+
+@app.command()
+@handle_errors
+def info(
+    data: Annotated[Path, typer.Argument(help="Dataset root, folder of images, or one image.")],
+    foreground: ForegroundOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """What discovery finds: layout, cases, shapes, spacings, orientations, labels."""
+    import json
+
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from voxseg.data import discover
+    from voxseg.data.inspect import as_json as info_json
+    from voxseg.data.inspect import inspect_dataset
+
+    fg = _parse_foreground(foreground)
+    dataset = discover(data)
+    with Progress(console=err_console, transient=True, disable=as_json) as bar:
+        task = bar.add_task("reading headers", total=len(dataset.cases))
+        rows = inspect_dataset(dataset, fg, progress=lambda: bar.advance(task))
+    if as_json:
+        print(json.dumps(info_json(dataset, rows), indent=2))
+        return
+    fractions = [r.foreground_fraction for r in rows if r.foreground_fraction is not None]
+    summary = (
+        f"{len(dataset.cases)} cases ({len(dataset.labelled)} labelled, "
+        f"{len(dataset.unlabelled)} unlabelled), layout {dataset.layout}, root {dataset.root}"
+    )
+    if fractions:
+        summary += f"; foreground {100 * min(fractions):.2f}-{100 * max(fractions):.2f} % of voxels"
+    table = Table(title=summary, title_justify="left")
+    for col in ("case", "shape (array)", "spacing mm", "orient", "dtype", "labels", "fg %"):
+        table.add_column(col, justify="right" if col == "fg %" else "left")
+    for r in rows:
+        table.add_row(
+            r.case_id,
+            "x".join(map(str, r.shape)),
+            " ".join(f"{s:g}" for s in r.spacing),
+            r.orientation,
+            r.dtype + (f"/{r.label_dtype}" if r.label_dtype else ""),
+            ",".join(map(str, r.label_values)) if r.label_values is not None else "-",
+            f"{100 * r.foreground_fraction:.2f}" if r.foreground_fraction is not None else "-",
+        )
+    console.print(table)
+    for note in dataset.notes:
+        err_console.print(f"note: {note}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def summary(
+    model: Annotated[str, typer.Option("--model", help="Registered model name.")] = "unet",
+    shape: Annotated[tuple[int, int, int], typer.Option("--shape", help="Input size D H W.")] = (128, 128, 128),
+) -> None:
+    """Every layer with its output shape and parameter count (like Keras's model.summary())."""
+    from voxseg.models import build_model
+    from voxseg.models.summary import format_summary, model_summary
+
+    net = build_model(model)
+    console.print(format_summary(model_summary(net, shape)), highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    app()

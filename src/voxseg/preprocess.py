@@ -1,0 +1,221 @@
+"""Pure array functions: reorient, HU window + normalisation, crop to body, resample.
+
+`preprocess_image` returns the network input and a `PreprocessRecord`; `restore` uses the
+record to put a prediction back on the source grid exactly (same shape and layout as the
+file's array, so writing it with the source `Geometry` reproduces the header).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from voxseg.config import PreprocessConfig
+from voxseg.geometry import Geometry, Reorientation, Shape3, Vec3
+
+BODY_HU = -500.0
+"""Voxels above this HU count as body when cropping (air is about -1000, fat -100)."""
+CROP_MARGIN_MM = 10.0
+
+
+@dataclass(frozen=True)
+class PreprocessRecord:
+    """Everything needed to undo preprocessing for one case."""
+
+    source: Geometry
+    """Geometry of the file as read."""
+    reorientation: Reorientation
+    """File layout -> canonical layout."""
+    crop: tuple[tuple[int, int], ...]
+    """(start, stop) per canonical axis of the region that was resampled."""
+    shape: Shape3
+    """Resampled (network input) shape, canonical order."""
+
+    @property
+    def canonical_shape(self) -> Shape3:
+        return tuple(self.source.shape[a] for a in self.reorientation.axes)
+
+    @property
+    def canonical_spacing(self) -> Vec3:
+        return tuple(self.source.spacing[a] for a in self.reorientation.axes)
+
+    @property
+    def spacing(self) -> Vec3:
+        """Effective voxel size of the resampled array (mm, canonical order)."""
+        return tuple(
+            sp * (stop - start) / n
+            for sp, (start, stop), n in zip(self.canonical_spacing, self.crop, self.shape, strict=True)
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source.to_dict(),
+            "reorientation": self.reorientation.to_dict(),
+            "crop": [list(c) for c in self.crop],
+            "shape": list(self.shape),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessRecord:
+        return cls(
+            source=Geometry.from_dict(d["source"]),
+            reorientation=Reorientation.from_dict(d["reorientation"]),
+            crop=tuple((int(a), int(b)) for a, b in d["crop"]),
+            shape=tuple(int(s) for s in d["shape"]),
+        )
+
+
+def normalise(image: np.ndarray, window: tuple[float, float], mean: float, std: float) -> np.ndarray:
+    """Clip to the HU window, then standardise. float32 out."""
+    out = np.clip(image.astype(np.float32, copy=False), window[0], window[1])
+    out -= np.float32(mean)
+    out /= np.float32(max(std, 1e-6))
+    return out
+
+
+def body_box(canonical: np.ndarray, spacing: Vec3, threshold: float = BODY_HU) -> tuple[tuple[int, int], ...]:
+    """Bounding box of voxels above `threshold`, plus a margin; the whole volume if none."""
+    body = canonical > threshold
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(body.any(axis=other))
+        n = canonical.shape[axis]
+        if hits.size == 0:
+            return tuple((0, s) for s in canonical.shape)
+        margin = int(np.ceil(CROP_MARGIN_MM / spacing[axis]))
+        box.append((max(0, int(hits[0]) - margin), min(n, int(hits[-1]) + 1 + margin)))
+    return tuple(box)
+
+
+def target_shape(extent: Shape3, spacing: Vec3, target: Vec3) -> Shape3:
+    """Array shape after resampling `extent` voxels of `spacing` to `target` spacing."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(extent, spacing, target, strict=True))
+
+
+def _linear_axis0(array: np.ndarray, size: int, out: np.ndarray, chunk: int) -> None:
+    """Linear resize along axis 0 (align_corners=False), chunked over axis 1."""
+    import torch
+    import torch.nn.functional as F
+
+    for start in range(0, array.shape[1], chunk):
+        block = torch.from_numpy(np.ascontiguousarray(array[:, start : start + chunk], dtype=np.float32))
+        d0, d1, d2 = block.shape
+        flat = block.reshape(d0, d1 * d2).T[:, None, :]  # (columns, 1, d0)
+        res = F.interpolate(flat, size=size, mode="linear", align_corners=False)
+        out[:, start : start + chunk] = res[:, 0, :].T.reshape(size, d1, d2).numpy()
+
+
+def _bilinear_axes12(
+    array: np.ndarray, size: tuple[int, int], out: np.ndarray, chunk: int, antialias: bool
+) -> None:
+    """Bilinear resize of axes 1-2 (align_corners=False), chunked over axis 0."""
+    import torch
+    import torch.nn.functional as F
+
+    shrink = size[0] < array.shape[1] or size[1] < array.shape[2]
+    for start in range(0, array.shape[0], chunk):
+        block = torch.from_numpy(np.ascontiguousarray(array[start : start + chunk], dtype=np.float32))
+        res = F.interpolate(
+            block[:, None], size=size, mode="bilinear", align_corners=False,
+            antialias=antialias and shrink,
+        )
+        out[start : start + chunk] = res[:, 0].numpy()
+
+
+def resize(
+    array: np.ndarray,
+    shape: Shape3,
+    *,
+    antialias: bool = False,
+    chunk: int = 16,
+) -> np.ndarray:
+    """Trilinear resize (align_corners=False) to `shape`, float32, with bounded memory.
+
+    Trilinear interpolation is separable, so it runs as a linear pass along axis 0 and a
+    bilinear pass over axes 1-2, each in chunks; the pass order keeps the float32 intermediate
+    small, which is what lets a 512x512x1000 scan go through in a few hundred MB.
+    """
+    shape = tuple(int(s) for s in shape)
+    if tuple(array.shape) == shape:
+        return np.asarray(array, dtype=np.float32)
+    axis0_first = shape[0] * array.shape[1] * array.shape[2] <= array.shape[0] * shape[1] * shape[2]
+    if axis0_first:
+        mid = np.empty((shape[0], *array.shape[1:]), dtype=np.float32)
+        _linear_axis0(array, shape[0], mid, chunk)
+        out = np.empty(shape, dtype=np.float32)
+        _bilinear_axes12(mid, shape[1:], out, chunk, antialias)
+    else:
+        mid = np.empty((array.shape[0], *shape[1:]), dtype=np.float32)
+        _bilinear_axes12(array, shape[1:], mid, chunk, antialias)
+        out = np.empty(shape, dtype=np.float32)
+        _linear_axis0(mid, shape[0], out, chunk)
+    return out
+
+
+def binary_target(label: np.ndarray, foreground: tuple[int, ...] | None) -> np.ndarray:
+    """uint8 {0, 1}: every non-zero label, or only the listed label values."""
+    mask = label != 0 if foreground is None else np.isin(label, foreground)
+    return mask.astype(np.uint8)
+
+
+def plan_record(source: Geometry, canonical: np.ndarray | None, cfg: PreprocessConfig) -> PreprocessRecord:
+    """Decide crop and resampled shape for one case (`canonical` is the reoriented image)."""
+    reorientation = Reorientation.to_canonical(source)
+    cshape = tuple(source.shape[a] for a in reorientation.axes)
+    cspacing = tuple(source.spacing[a] for a in reorientation.axes)
+    if cfg.crop_body and canonical is not None:
+        crop = body_box(canonical, cspacing)
+    else:
+        crop = tuple((0, s) for s in cshape)
+    extent = tuple(b - a for a, b in crop)
+    if cfg.mode == "shape":
+        if cfg.shape is None:
+            raise ValueError("preprocess mode 'shape' needs `shape`")
+        shape = tuple(cfg.shape)
+    else:
+        if cfg.spacing is None:
+            raise ValueError("preprocess mode 'spacing' needs `spacing`")
+        shape = target_shape(extent, cspacing, cfg.spacing)
+    return PreprocessRecord(source=source, reorientation=reorientation, crop=crop, shape=shape)
+
+
+def _crop(array: np.ndarray, crop: tuple[tuple[int, int], ...]) -> np.ndarray:
+    return array[tuple(slice(a, b) for a, b in crop)]
+
+
+def preprocess_image(
+    image: np.ndarray, source: Geometry, cfg: PreprocessConfig
+) -> tuple[np.ndarray, PreprocessRecord]:
+    """File-layout HU array -> normalised canonical float32 network input + record."""
+    reorientation = Reorientation.to_canonical(source)
+    canonical = reorientation.apply(image)
+    record = plan_record(source, canonical, cfg)
+    cropped = _crop(canonical, record.crop)
+    resampled = resize(cropped, record.shape, antialias=True)
+    return normalise(resampled, cfg.window, cfg.mean, cfg.std), record
+
+
+def preprocess_label(label: np.ndarray, record: PreprocessRecord, foreground: tuple[int, ...] | None) -> np.ndarray:
+    """Label map -> binary uint8 target on the network grid (linear resize, threshold 0.5)."""
+    target = binary_target(_crop(record.reorientation.apply(label), record.crop), foreground)
+    if target.shape == record.shape:
+        return target
+    return (resize(target, record.shape) >= 0.5).astype(np.uint8)
+
+
+def restore(
+    probabilities: np.ndarray, record: PreprocessRecord, threshold: float = 0.5
+) -> np.ndarray:
+    """Probabilities on the network grid -> uint8 mask in the source file's array layout.
+
+    Probabilities (not hard labels) are interpolated back, so boundaries land between
+    network voxels instead of on their staircase.
+    """
+    extent = tuple(b - a for a, b in record.crop)
+    canonical = np.zeros(record.canonical_shape, dtype=np.uint8)
+    if min(extent) > 0:
+        full = resize(probabilities, extent)
+        canonical[tuple(slice(a, b) for a, b in record.crop)] = full >= threshold
+    return np.ascontiguousarray(record.reorientation.invert(canonical))
