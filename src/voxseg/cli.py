@@ -184,3 +184,84 @@ def summary(
 
 def main() -> None:
     app()
+
+
+class _TrainUI:
+    """Rich progress for `voxseg train`: case preparation, then epoch/step/loss/Dice/time left."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err_console,
+        )
+        self.epoch_task = None
+
+    def log(self, message: str) -> None:
+        self.bar.console.print(message, highlight=False)
+
+    def task(self, name: str, total: int):
+        task = self.bar.add_task(name, total=total, info="")
+        return lambda: self.bar.advance(task)
+
+    def progress(self, p) -> None:
+        if self.epoch_task is None:
+            self.epoch_task = self.bar.add_task("training", total=p.steps, info="")
+        dice = f"val Dice {p.val_dice:.3f}" if p.val_dice is not None else "val Dice -"
+        eta = f"~{p.eta_seconds / 60:.1f} min left" if p.eta_seconds not in (None, float("inf")) else ""
+        self.bar.update(self.epoch_task, completed=p.step, total=p.steps,
+                        description=f"epoch {p.epoch}", info=f"loss {p.loss:.4f}  {dice}  {eta}")
+
+
+@app.command()
+@handle_errors
+def train(
+    data: Annotated[Path, typer.Option("--data", help="Labelled dataset root (KiTS or MSD layout).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder for weights, config, metrics, curves.")],
+    model: Annotated[str | None, typer.Option("--model", help="Model name (default: unet).")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="'seed': the original Keras recipe.")] = None,
+    shape: Annotated[
+        tuple[int, int, int] | None, typer.Option("--shape", help="Resize every case to D H W.")
+    ] = None,
+    spacing: Annotated[
+        tuple[float, float, float] | None, typer.Option("--spacing", help="Resample to Z Y X mm.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    lr: Annotated[float | None, typer.Option("--lr", min=0.0)] = None,
+    loss: Annotated[str | None, typer.Option("--loss", help="bce or dice_bce.")] = None,
+    val_fraction: Annotated[float | None, typer.Option("--val-fraction", min=0.0, max=0.9)] = None,
+    val_cases: Annotated[str | None, typer.Option("--val-cases", help="Comma-separated case ids.")] = None,
+    patience: Annotated[int | None, typer.Option("--patience", min=0, help="0 disables early stopping.")] = None,
+    max_minutes: Annotated[float | None, typer.Option("--max-minutes", min=0.0, help="Time budget.")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option("--steps-per-epoch", min=1)] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh in an existing --out.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    precision: Annotated[str | None, typer.Option("--precision", help="auto, fp32, bf16, fp16.")] = None,
+    foreground: ForegroundOpt = None,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Preprocessed-case cache folder.")] = None,
+) -> None:
+    """Train a model; with no options the recipe plans itself from the data and --max-minutes."""
+    from voxseg.errors import ConfigError
+    from voxseg.train.run import TrainOptions, run_training
+
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; choose one")
+    options = TrainOptions(
+        data=data, out=out, model=model, preset=preset, shape=shape, spacing=spacing, epochs=epochs,
+        batch_size=batch_size, lr=lr, loss=loss, val_fraction=val_fraction,
+        val_cases=tuple(v.strip() for v in val_cases.split(",") if v.strip()) if val_cases else (),
+        patience=patience, max_minutes=max_minutes, steps_per_epoch=steps_per_epoch, seed=seed,
+        resume=resume, overwrite=overwrite, device=device, foreground=_parse_foreground(foreground),
+        cache_dir=cache, precision=precision,
+    )
+    ui = _TrainUI()
+    with ui.bar:
+        config, state = run_training(options, ui)
+    console.print(
+        f"stopped: {state.stopped or 'done'}; best validation Dice {state.best_dice:.4f} at epoch "
+        f"{state.best_epoch} of {state.epoch}; model in {out / 'model.safetensors'}"
+    )

@@ -1,0 +1,133 @@
+"""Preprocessed cases on disk as memory-mapped arrays, so repeated training never re-reads NIfTI.
+
+A cache entry is keyed by the source files' identity (resolved path, size, mtime) and the
+preprocessing settings; change either and the case is prepared again. Entries are written to
+a temporary folder and renamed into place, so an interrupted run never leaves a half entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from voxseg.config import PreprocessConfig
+from voxseg.data.checks import check_pair, label_values
+from voxseg.data.discovery import Case
+from voxseg.data.io import read_image
+from voxseg.preprocess import PreprocessRecord, preprocess_image, preprocess_label
+
+CACHE_VERSION = 1
+MAX_FG_SAMPLES = 20_000
+"""Foreground voxel positions kept per case for foreground-centred patch sampling."""
+
+
+@dataclass(frozen=True)
+class PreparedCase:
+    case_id: str
+    image: np.ndarray
+    """Normalised float32 network input, canonical layout (memory-mapped when cached)."""
+    label: np.ndarray
+    """Binary uint8 target on the same grid."""
+    foreground: np.ndarray
+    """(n, 3) int32 positions of (a sample of) foreground voxels."""
+    record: PreprocessRecord
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("VOXSEG_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "voxseg" / "preprocessed"
+
+
+def _identity(path: Path) -> dict:
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def cache_key(case: Case, cfg: PreprocessConfig, foreground: tuple[int, ...] | None) -> str:
+    blob = json.dumps(
+        {
+            "v": CACHE_VERSION,
+            "image": _identity(case.image),
+            "label": _identity(case.label) if case.label else None,
+            "preprocess": asdict(cfg),
+            "foreground": foreground,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def foreground_positions(label: np.ndarray, seed: int = 0) -> np.ndarray:
+    pos = np.argwhere(label > 0).astype(np.int32)
+    if len(pos) > MAX_FG_SAMPLES:
+        pos = pos[np.random.default_rng(seed).choice(len(pos), MAX_FG_SAMPLES, replace=False)]
+    return pos
+
+
+def prepare_case(case: Case, cfg: PreprocessConfig, foreground: tuple[int, ...] | None) -> PreparedCase:
+    """Read, check and preprocess one labelled case (no cache)."""
+    if case.label is None:
+        raise ValueError(f"{case.case_id}: prepare_case needs a labelled case")
+    image, geometry = read_image(case.image)
+    label, lgeom = read_image(case.label)
+    check_pair(geometry, lgeom, case.image, case.label)
+    label_values(label, case.label)
+    net_input, record = preprocess_image(image, geometry, cfg)
+    del image
+    target = preprocess_label(label, record, foreground)
+    return PreparedCase(case.case_id, net_input, target, foreground_positions(target), record)
+
+
+def load_or_prepare(
+    case: Case,
+    cfg: PreprocessConfig,
+    foreground: tuple[int, ...] | None,
+    cache_dir: Path | None,
+) -> PreparedCase:
+    """The cached case if present, else prepare it (and store it when `cache_dir` is set)."""
+    if cache_dir is None:
+        return prepare_case(case, cfg, foreground)
+    entry = Path(cache_dir) / f"{case.case_id}-{cache_key(case, cfg, foreground)}"
+    if (entry / "record.json").is_file():
+        try:
+            return _load(entry, case.case_id)
+        except (OSError, ValueError, KeyError):
+            shutil.rmtree(entry, ignore_errors=True)  # damaged entry: rebuild it
+    prepared = prepare_case(case, cfg, foreground)
+    _store(prepared, entry)
+    return _load(entry, case.case_id)
+
+
+def _store(prepared: PreparedCase, entry: Path) -> None:
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        np.save(tmp / "image.npy", np.ascontiguousarray(prepared.image, dtype=np.float32))
+        np.save(tmp / "label.npy", np.ascontiguousarray(prepared.label, dtype=np.uint8))
+        np.save(tmp / "foreground.npy", prepared.foreground)
+        (tmp / "record.json").write_text(json.dumps(prepared.record.to_dict()))
+        try:
+            os.replace(tmp, entry)
+        except OSError:  # another process stored it first
+            if not (entry / "record.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load(entry: Path, case_id: str) -> PreparedCase:
+    record = PreprocessRecord.from_dict(json.loads((entry / "record.json").read_text()))
+    image = np.load(entry / "image.npy", mmap_mode="r")
+    label = np.load(entry / "label.npy", mmap_mode="r")
+    if image.shape != record.shape or label.shape != record.shape:
+        raise ValueError("cache entry does not match its record")
+    return PreparedCase(case_id, image, label, np.load(entry / "foreground.npy"), record)

@@ -1,0 +1,246 @@
+"""Score predicted masks against ground truth: per case, summarised, and over summed counts.
+
+Predictions are a folder of masks named ``<case_id>`` + an image suffix (or one mask file);
+a voxel is foreground when its value is > 0. Ground truth is a folder of masks named the
+same way, one mask file, or a labelled dataset in any layout `voxseg.data.discover` knows.
+Surface metrics use the ground truth's spacing; definitions are in `voxseg.metrics`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, astuple, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from voxseg.atomic import write_text
+from voxseg.data.discovery import discover, require_labelled
+from voxseg.data.io import image_stem, is_image_file, read_image
+from voxseg.errors import InputError
+from voxseg.geometry import Geometry
+from voxseg.metrics import CaseMetrics, ConfusionCounts, case_metrics, dice, iou
+from voxseg.preprocess import binary_target
+
+METRICS = tuple(f.name for f in fields(CaseMetrics) if f.name != "case_id")
+
+DEFINITIONS = {
+    "foreground": "prediction: value > 0; ground truth: label > 0, or the --foreground values",
+    "surface": "voxels of a mask with a 6-connected background neighbour; distances in mm "
+    "between voxel centres using the ground truth's spacing",
+    "hd95_mm": "max of the two directed 95th percentiles of surface distances "
+    "(pred->gt, gt->pred), as MONAI compute_hausdorff_distance(percentile=95)",
+    "assd_mm": "mean of the pred->gt and gt->pred surface distances pooled",
+    "surface_dice_1mm": "fraction of both surfaces within 1 mm of the other surface",
+    "surface_dice_2mm": "fraction of both surfaces within 2 mm of the other surface",
+    "volume_diff_ml": "predicted volume minus ground-truth volume",
+    "empty masks": "both empty: dice, iou, precision, recall, surface dice 1 and distances 0; "
+    "exactly one empty: dice, iou, precision, recall, surface dice 0 and distances infinite",
+    "null": "an infinite value (a distance with exactly one empty mask) or an undefined one; "
+    "JSON has no infinity, the CSV writes inf",
+    "summary": "mean/median/std (population)/min/max over the cases whose value is finite; "
+    "'excluded' counts the cases left out",
+    "global": "metrics of the confusion counts summed over all cases (not a mean of cases)",
+}
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One metric over the cases; statistics of the finite values only."""
+
+    mean: float
+    median: float
+    std: float
+    """Population standard deviation (ddof=0), so one case gives 0."""
+    min: float
+    max: float
+    n: int
+    """Cases used."""
+    excluded: int
+    """Cases whose value was inf or NaN (e.g. HD95 with one empty mask), left out."""
+
+
+def summarise(values: Sequence[float]) -> Summary:
+    """Statistics of the finite values; NaN everywhere when none is finite."""
+    arr = np.asarray(values, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    excluded = int(arr.size - finite.size)
+    if finite.size == 0:
+        return Summary(math.nan, math.nan, math.nan, math.nan, math.nan, 0, excluded)
+    return Summary(
+        mean=float(finite.mean()),
+        median=float(np.median(finite)),
+        std=float(finite.std()),
+        min=float(finite.min()),
+        max=float(finite.max()),
+        n=int(finite.size),
+        excluded=excluded,
+    )
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    cases: tuple[CaseMetrics, ...]
+    summary: dict[str, Summary]
+    """Metric name (a `CaseMetrics` field) -> its summary over the cases."""
+    totals: ConfusionCounts
+    """Counts summed over all cases, for the global (dataset-level) Dice and IoU."""
+    notes: tuple[str, ...] = ()
+    """Things worth knowing that did not stop the evaluation (e.g. predictions without gt)."""
+
+    @property
+    def global_dice(self) -> float:
+        return dice(self.totals)
+
+    def table(self) -> list[tuple[str, ...]]:
+        """Header row, then one row per metric: its summary formatted for printing."""
+        rows = [("metric", "mean", "median", "std", "min", "max", "excluded")]
+        for name, s in self.summary.items():
+            stats = (s.mean, s.median, s.std, s.min, s.max)
+            rows.append((name, *(f"{v:.4g}" for v in stats), str(s.excluded)))
+        return rows
+
+    def to_dict(self) -> dict:
+        """JSON-ready: inf and NaN become None (see DEFINITIONS['null'])."""
+        return {
+            "definitions": DEFINITIONS,
+            "n_cases": len(self.cases),
+            "summary": {k: _finite_or_none(asdict(s)) for k, s in self.summary.items()},
+            "global": {
+                **asdict(self.totals),
+                "dice": dice(self.totals),
+                "iou": iou(self.totals),
+            },
+            "cases": [_finite_or_none(asdict(c)) for c in self.cases],
+            "notes": list(self.notes),
+        }
+
+
+def _finite_or_none(d: dict) -> dict:
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
+
+
+def write_results(result: EvaluationResult, out: str | Path) -> tuple[Path, Path]:
+    """`out` as JSON and the per-case table beside it as CSV (same stem); both atomic."""
+    out = Path(out)
+    csv_path = out.with_suffix(".csv")
+    # allow_nan=False: a stray inf/NaN fails here instead of writing invalid JSON.
+    write_text(out, json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(f.name for f in fields(CaseMetrics))
+    writer.writerows(astuple(c) for c in result.cases)
+    write_text(csv_path, buf.getvalue())
+    return out, csv_path
+
+
+@dataclass(frozen=True)
+class _Pair:
+    case_id: str
+    pred: Path
+    gt: Path
+
+
+def _pred_files(pred: Path) -> dict[str, Path]:
+    if is_image_file(pred):
+        return {image_stem(pred): pred}
+    if not pred.is_dir():
+        raise InputError(f"{pred}: no such mask file or folder; check the prediction path")
+    files: dict[str, Path] = {}
+    for p in sorted(pred.iterdir()):
+        if not is_image_file(p):
+            continue
+        case_id = image_stem(p)
+        if case_id in files:
+            raise InputError(
+                f"{pred}: two predictions for case {case_id} ({files[case_id].name}, {p.name}); "
+                "keep one"
+            )
+        files[case_id] = p
+    if not files:
+        raise InputError(f"{pred}: no mask files (e.g. <case_id>.nii.gz); check the path")
+    return files
+
+
+def _gt_files(gt: Path) -> tuple[dict[str, Path], tuple[str, ...]]:
+    """Case id -> ground-truth mask, and discovery's notes."""
+    if is_image_file(gt):
+        return {image_stem(gt): gt}, ()
+    dataset = discover(gt)
+    if dataset.layout == "folder":  # a plain folder: its files are the masks
+        return {c.case_id: c.image for c in dataset.cases}, dataset.notes
+    return {c.case_id: c.label for c in require_labelled(dataset)}, dataset.notes
+
+
+def _pair_cases(pred: Path, gt: Path) -> tuple[list[_Pair], list[str]]:
+    if is_image_file(pred) and is_image_file(gt):  # two files: compare them whatever their names
+        return [_Pair(image_stem(pred), pred, gt)], []
+    preds = _pred_files(pred)
+    gts, gt_notes = _gt_files(gt)
+    notes = list(gt_notes)
+    if is_image_file(pred):  # one prediction: score that case only
+        gts = {k: v for k, v in gts.items() if k in preds}
+        if not gts:
+            raise InputError(
+                f"{gt}: no ground truth for case {next(iter(preds))} (from {pred.name}); "
+                "name the prediction after a ground-truth case"
+            )
+    missing = sorted(set(gts) - set(preds))
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise InputError(
+            f"{pred}: no prediction for {len(missing)} of {len(gts)} ground-truth cases "
+            f"({shown}); predict them or give a ground truth holding only the predicted cases"
+        )
+    extra = sorted(set(preds) - set(gts))
+    if extra:
+        shown = ", ".join(extra[:5]) + (", ..." if len(extra) > 5 else "")
+        notes.append(f"{len(extra)} predictions without ground truth ignored ({shown})")
+    return [_Pair(k, preds[k], gts[k]) for k in sorted(gts)], notes
+
+
+def _grid_difference(pred: Geometry, gt: Geometry) -> str:
+    if pred.shape != gt.shape:
+        return f"shape {pred.shape} vs {gt.shape}"
+    for name in ("spacing", "origin", "direction"):
+        a, b = getattr(pred, name), getattr(gt, name)
+        if not np.allclose(a, b, rtol=0, atol=1e-4):
+            return f"{name} {tuple(round(v, 4) for v in a)} vs {tuple(round(v, 4) for v in b)}"
+    return "grids differ"
+
+
+def _check_same_grid(pair: _Pair, pred: Geometry, gt: Geometry) -> None:
+    if not pred.same_grid(gt):
+        raise InputError(
+            f"{pair.pred}: not on the grid of ground truth {pair.gt} "
+            f"({_grid_difference(pred, gt)}); write the prediction on the ground truth's grid "
+            "(voxseg predict does) or resample it onto that grid"
+        )
+
+
+def evaluate(
+    pred: str | Path,
+    gt: str | Path,
+    *,
+    foreground: tuple[int, ...] | None = None,
+    progress: Callable[[], None] | None = None,
+) -> EvaluationResult:
+    """Score every ground-truth case against its prediction; `progress()` after each case."""
+    pairs, notes = _pair_cases(Path(pred), Path(gt))
+    cases, totals = [], ConfusionCounts(0, 0, 0, 0)
+    for pair in pairs:
+        pred_array, pred_geom = read_image(pair.pred)
+        gt_array, gt_geom = read_image(pair.gt)
+        _check_same_grid(pair, pred_geom, gt_geom)
+        pred_mask = pred_array > 0
+        gt_mask = binary_target(gt_array, foreground).astype(bool)
+        totals = totals + ConfusionCounts.from_masks(pred_mask, gt_mask)
+        cases.append(case_metrics(pair.case_id, pred_mask, gt_mask, gt_geom.spacing))
+        if progress:
+            progress()
+    summary = {m: summarise([getattr(c, m) for c in cases]) for m in METRICS}
+    return EvaluationResult(tuple(cases), summary, totals, tuple(notes))

@@ -1,0 +1,98 @@
+"""Network-grid prediction: whole volume (seed recipe) or Gaussian-weighted sliding window."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from voxseg.geometry import Shape3
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision`; 'auto' takes bf16 where the hardware runs it fast."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _pad_to_multiple(x: torch.Tensor, divisor: int, value: float) -> tuple[torch.Tensor, tuple[int, ...]]:
+    shape = x.shape[-3:]
+    target = [-(-s // divisor) * divisor for s in shape]
+    pad = []
+    for s, t in zip(reversed(shape), reversed(target), strict=True):
+        pad += [0, t - s]
+    return torch.nn.functional.pad(x, pad, value=value), tuple(shape)
+
+
+def _flips(tta: bool) -> Sequence[tuple[int, ...]]:
+    return [(), (2,), (3,), (4,)] if tta else [()]
+
+
+@torch.inference_mode()
+def predict_probabilities(
+    model: nn.Module,
+    net_input: np.ndarray,
+    *,
+    patch_size: Shape3 | None,
+    overlap: float = 0.25,
+    tta: bool = False,
+    device: torch.device | str = "cpu",
+    amp: torch.dtype | None = None,
+    pad_value: float = 0.0,
+    sw_batch_size: int = 1,
+) -> np.ndarray:
+    """Foreground probabilities (float32) on the network grid of `net_input` (D, H, W)."""
+    device = torch.device(device)
+    x = torch.from_numpy(np.array(net_input, dtype=np.float32))[None, None].to(device)  # copy: memmaps are read-only
+    divisor = int(getattr(model, "divisor", 1))
+
+    def logits(t: torch.Tensor) -> torch.Tensor:
+        with autocast(device, amp):
+            out = model(t)
+        return (out[0] if isinstance(out, list | tuple) else out).float()
+
+    total = torch.zeros_like(x)
+    for dims in _flips(tta):
+        xi = torch.flip(x, dims) if dims else x
+        if patch_size is None:
+            padded, shape = _pad_to_multiple(xi, divisor, pad_value)
+            prob = torch.sigmoid(logits(padded))[..., : shape[0], : shape[1], : shape[2]]
+        else:
+            from monai.inferers import sliding_window_inference
+
+            prob = sliding_window_inference(
+                xi,
+                roi_size=tuple(patch_size),
+                sw_batch_size=sw_batch_size,
+                predictor=lambda t: torch.sigmoid(logits(t)),
+                overlap=overlap,
+                mode="gaussian",
+                padding_mode="constant",
+                cval=pad_value,
+            )
+        total += torch.flip(prob, dims) if dims else prob
+    return (total / len(_flips(tta)))[0, 0].cpu().numpy()

@@ -1,0 +1,31 @@
+"""Training losses on logits. Dice is computed over the whole batch (MONAI's `batch=True`),
+so patches without foreground do not produce a degenerate per-sample Dice."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def build_loss(name: str) -> nn.Module:
+    if name == "bce":
+        return nn.BCEWithLogitsLoss()
+    if name == "dice_bce":
+        from monai.losses import DiceCELoss
+
+        return DiceCELoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    from voxseg.errors import ConfigError
+
+    raise ConfigError(f"unknown loss {name!r}; choose bce or dice_bce")
+
+
+def deep_supervision_loss(loss: nn.Module, outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """nnU-Net's weighting: halve the weight at each coarser output, normalise to sum 1."""
+    weights = [0.5**i for i in range(len(outputs))]
+    total = 0.0
+    for w, out in zip(weights, outputs, strict=True):
+        t = target if out.shape[-3:] == target.shape[-3:] else torch.nn.functional.interpolate(
+            target, size=out.shape[-3:], mode="nearest"
+        )
+        total = total + w * loss(out, t)
+    return total / sum(weights)

@@ -1,0 +1,1 @@
+"""Training: recipe planning, the loop, checkpoints, distributed helpers."""

@@ -1,0 +1,159 @@
+"""Plan the default recipe from the dataset and the time budget, as nnU-Net's planner does.
+
+- Intensity: clip to the 0.5-99.5 percentiles of foreground HU, standardise with their mean/std.
+- Spacing: the median spacing, coarsened until the median case fits the voxel budget that
+  the measured training throughput affords in the time budget (so a 10-minute CPU run sees
+  the data many times at a coarser grid instead of once at full resolution).
+- Patch: the median case at that spacing, capped so one step takes about a second.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from voxseg.config import ModelConfig, PreprocessConfig, RunConfig, TrainConfig
+from voxseg.data.discovery import Case
+from voxseg.data.io import read_image, read_info
+from voxseg.geometry import Reorientation
+from voxseg.preprocess import binary_target
+
+PASSES = 30.0
+"""How many times the planned budget should let the network see the median case."""
+STEP_SECONDS = 1.0
+"""Target duration of one training step; caps the patch size on slow machines."""
+MAX_PATCH = (128, 160, 160)
+MIN_PATCH = 32
+
+
+@dataclass(frozen=True)
+class Plan:
+    config: RunConfig
+    median_spacing: tuple[float, float, float]
+    median_shape: tuple[int, int, int]
+    voxels_per_second: float
+    notes: tuple[str, ...]
+
+
+def intensity_stats(cases: Sequence[Case], foreground, max_cases: int = 8, seed: int = 0):
+    """(p0.5, p99.5, mean, std) of foreground HU over a sample of cases."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for case in list(cases)[:max_cases]:
+        image, _ = read_image(case.image)
+        label, _ = read_image(case.label)
+        values = image[binary_target(label, foreground) > 0]
+        if values.size:
+            samples.append(rng.choice(values, min(values.size, 20_000), replace=False).astype(np.float64))
+    if not samples:
+        return None
+    v = np.concatenate(samples)
+    lo, hi = np.percentile(v, [0.5, 99.5])
+    return float(lo), float(hi), float(v.mean()), float(v.std())
+
+
+def measure_throughput(model_cfg: ModelConfig, device: torch.device, precision: str, side: int = 48) -> float:
+    """Training voxels per second of one step on this machine (two timed steps after a warm-up)."""
+    from voxseg.inference import autocast, autocast_dtype
+    from voxseg.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(model_cfg.name, **model_cfg.options).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    amp = autocast_dtype(precision, device)
+    x = torch.randn(2, 1, side, side, side, device=device)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        with autocast(device, amp):
+            out = model(x)
+        out = out[0] if isinstance(out, list) else out
+        out.float().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return 2 * side**3 / min(times[1:])
+
+
+def _round_patch(shape, divisor: int, cap) -> tuple[int, int, int]:
+    return tuple(
+        int(max(MIN_PATCH, min(c, -(-s // divisor) * divisor)) // divisor * divisor)
+        for s, c in zip(shape, cap, strict=True)
+    )
+
+
+def plan_default(
+    cases: Sequence[Case],
+    *,
+    foreground,
+    max_minutes: float | None,
+    device: torch.device,
+    base: RunConfig | None = None,
+) -> Plan:
+    base = base or RunConfig()
+    notes = []
+    infos = [read_info(c.image).geometry for c in cases]
+    spacings = np.array([[g.spacing[a] for a in Reorientation.to_canonical(g).axes] for g in infos])
+    shapes = np.array([[g.shape[a] for a in Reorientation.to_canonical(g).axes] for g in infos])
+    median_spacing = tuple(float(v) for v in np.median(spacings, axis=0))
+    median_extent_mm = np.median(shapes * spacings, axis=0) * 0.85  # body crop trims air
+    stats = intensity_stats(cases, foreground)
+    pre = base.preprocess
+    if stats:
+        lo, hi, mean, std = stats
+        pre = replace(pre, window=(round(lo, 1), round(hi, 1)), mean=round(mean, 2), std=round(max(std, 1.0), 2))
+    else:
+        notes.append("no foreground found in the sampled cases: default kidney HU window kept")
+
+    vps = measure_throughput(base.model, device, base.train.precision)
+    budget_s = (max_minutes or 60.0) * 60.0
+    voxel_budget = vps * budget_s * 0.6 / PASSES  # 60 %: validation and data take the rest
+    spacing = np.array(median_spacing)
+    for _ in range(40):  # coarsen the finest axes first, 10 % at a time
+        if np.prod(median_extent_mm / spacing) <= voxel_budget:
+            break
+        finest = spacing <= spacing.min() * 1.5
+        spacing = np.where(finest, spacing * 1.1, spacing)
+    spacing = tuple(round(float(s), 3) for s in spacing)
+    median_shape = tuple(int(round(e / s)) for e, s in zip(median_extent_mm, spacing, strict=True))
+
+    divisor = 2 ** int(base.model.options.get("depth", 4)) if base.model.name == "unet" else 8
+    batch = 2
+    patch_voxels = vps * STEP_SECONDS / batch
+    cap = np.array(MAX_PATCH, dtype=float)
+    while np.prod(cap) > patch_voxels and cap.max() > MIN_PATCH:
+        cap = np.where(cap == cap.max(), cap - divisor, cap)
+    patch = _round_patch(median_shape, divisor, cap)
+    notes.append(
+        f"throughput {vps / 1e6:.2f} Mvoxel/s -> spacing {spacing} mm, median case {median_shape}, "
+        f"patch {patch}, batch {batch}"
+    )
+    config = replace(
+        base,
+        preprocess=replace(pre, mode="spacing", spacing=spacing, shape=None),
+        train=replace(base.train, patch_size=patch, batch_size=batch, max_minutes=max_minutes),
+    )
+    return Plan(config, median_spacing, median_shape, vps, tuple(notes))
+
+
+def seed_preset(base: RunConfig | None = None) -> RunConfig:
+    """The original Keras recipe: 128^3 resize, seed CNN, Adam 1e-3, BCE, batch 4, 20 epochs,
+    early stopping with patience 3 restoring the best weights."""
+    base = base or RunConfig()
+    return replace(
+        base,
+        preprocess=replace(base.preprocess, mode="shape", shape=(128, 128, 128), spacing=None, crop_body=False),
+        model=ModelConfig(name="seed"),
+        train=TrainConfig(
+            epochs=20, batch_size=4, lr=1e-3, optimizer="adam", schedule="constant", loss="bce",
+            patch_size=None, augment=False, patience=3, foreground_oversample=0.0,
+            val_fraction=base.train.val_fraction, val_cases=base.train.val_cases, seed=base.train.seed,
+            max_minutes=base.train.max_minutes, precision=base.train.precision,
+        ),
+    )
