@@ -265,3 +265,117 @@ def train(
         f"stopped: {state.stopped or 'done'}; best validation Dice {state.best_dice:.4f} at epoch "
         f"{state.best_epoch} of {state.epoch}; model in {out / 'model.safetensors'}"
     )
+
+
+@app.command()
+@handle_errors
+def predict(
+    model: Annotated[Path, typer.Option("--model", help="Run folder made by `voxseg train`.")],
+    input: Annotated[Path, typer.Option("--input", help="Image file, folder of images, or dataset root.")],
+    output: Annotated[Path, typer.Option("--output", help="Mask file (single input) or folder.")],
+    device: Annotated[str, typer.Option("--device")] = "auto",
+    tta: Annotated[bool, typer.Option("--tta", help="Mirror test-time augmentation.")] = False,
+    overlap: Annotated[float | None, typer.Option("--overlap", min=0.0, max=0.95)] = None,
+    probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write <case>_prob.nii.gz.")] = False,
+    keep_largest: Annotated[int, typer.Option("--keep-largest", min=0, help="Keep N largest components.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+) -> None:
+    """Predict masks on each input's exact grid (shape, spacing, origin, direction, axis order)."""
+    from dataclasses import replace
+
+    from rich.progress import Progress
+
+    from voxseg.data import discover
+    from voxseg.prediction import iter_predictions, load_predictor
+    from voxseg.train.distributed import shard_from_env
+
+    n_cases = len(discover(input).cases)
+    predictor = load_predictor(model, device)
+    infer = replace(predictor.config.infer, tta=tta, keep_largest=keep_largest,
+                    **({"overlap": overlap} if overlap is not None else {}))
+    skipped = []
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("predicting", total=n_cases)
+
+        def on_case(case_id: str, status: str) -> None:
+            if status != "done":
+                skipped.append(case_id)
+            bar.advance(task)
+
+        done = list(iter_predictions(predictor, input, output, infer=infer, probabilities=probabilities,
+                                     overwrite=overwrite, shard=shard_from_env(), on_case=on_case))
+    if skipped:
+        err_console.print(f"{len(skipped)} outputs already existed and were kept (--overwrite redoes them)")
+    console.print(f"wrote {len(done)} masks to {output}")
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    pred: Annotated[Path, typer.Option("--pred", help="Folder of <case_id>.nii.gz masks (or one file).")],
+    gt: Annotated[Path, typer.Option("--gt", help="Folder of masks or a labelled dataset root.")],
+    out: Annotated[Path | None, typer.Option("--out", help="metrics.json (a .csv is written beside it).")] = None,
+    foreground: ForegroundOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Dice, IoU, precision, recall, HD95, surface Dice (1/2 mm), volume difference per case."""
+    from rich.table import Table
+
+    from voxseg.data.io import check_output
+    from voxseg.evaluation import evaluate as run_evaluation
+    from voxseg.evaluation import write_results
+
+    if out is not None:
+        check_output(out, overwrite)
+    result = run_evaluation(pred, gt, foreground=_parse_foreground(foreground))
+    rows = result.table()
+    table = Table(title=f"{len(result.cases)} cases; global Dice {result.global_dice:.4f}", title_justify="left")
+    for col in rows[0]:
+        table.add_column(col)
+    for row in rows[1:]:
+        table.add_row(*row)
+    console.print(table)
+    for note in result.notes:
+        err_console.print(f"note: {note}", highlight=False)
+    if out is not None:
+        json_path, csv_path = write_results(result, out)
+        console.print(f"wrote {json_path} and {csv_path}")
+
+
+@app.command()
+@handle_errors
+def report(
+    run_dir: Annotated[Path | None, typer.Argument(help="Run folder made by `voxseg train`.")] = None,
+    pred: Annotated[Path | None, typer.Option("--pred", help="Folder of predicted masks.")] = None,
+    gt: Annotated[Path | None, typer.Option("--gt", help="Ground truth: mask folder or dataset root.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="HTML file to write.")] = Path("report.html"),
+    foreground: ForegroundOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """One self-contained HTML page: curves, metrics table, overlays (worst cases first)."""
+    from voxseg.errors import ConfigError
+    from voxseg.report import write_report
+
+    if run_dir is None and (pred is None or gt is None):
+        raise ConfigError("give a run folder, or both --pred and --gt")
+    if (pred is None) != (gt is None):
+        raise ConfigError("--pred and --gt go together")
+    path = write_report(run_dir, out, pred_dir=pred, gt=gt, foreground=_parse_foreground(foreground),
+                        overwrite=overwrite)
+    console.print(f"report: {path.resolve()}")
+
+
+@app.command()
+@handle_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for everything the demo makes.")] = Path("demo_out"),
+    cases: Annotated[int, typer.Option("--cases", min=4)] = 16,
+    minutes: Annotated[float, typer.Option("--minutes", min=0.1, help="Training budget.")] = 2.0,
+) -> None:
+    """The whole job on synthetic data: synthesise -> train -> predict -> evaluate -> report."""
+    from voxseg.demo import run_demo
+
+    ui = _TrainUI()
+    with ui.bar:
+        report_path = run_demo(out, cases=cases, minutes=minutes, ui=ui)
+    console.print(f"open the report: {report_path.resolve()}")

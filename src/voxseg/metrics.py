@@ -24,7 +24,7 @@ Empty masks (MONAI gives NaN or inf here; we pin the values):
 - both empty: Dice = IoU = precision = recall = 1, HD95 = ASSD = 0, surface Dice = 1.
 - exactly one empty: Dice = IoU = surface Dice = 0, precision = recall = 0 (a 0/0 ratio
   counts as perfect only when both masks are empty), HD95 = ASSD = inf. JSON has no inf,
-  so `voxseg.evaluate` writes it as null and says so in the file.
+  so `voxseg evaluate` writes it as null and says so in the file.
 """
 
 from __future__ import annotations

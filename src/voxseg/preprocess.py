@@ -94,7 +94,13 @@ def target_shape(extent: Shape3, spacing: Vec3, target: Vec3) -> Shape3:
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(extent, spacing, target, strict=True))
 
 
-def _linear_axis0(array: np.ndarray, size: int, out: np.ndarray, chunk: int) -> None:
+def _store(out: np.ndarray, index, values: np.ndarray, threshold: float | None) -> None:
+    out[index] = values if threshold is None else values >= threshold
+
+
+def _linear_axis0(
+    array: np.ndarray, size: int, out: np.ndarray, chunk: int, threshold: float | None = None
+) -> None:
     """Linear resize along axis 0 (align_corners=False), chunked over axis 1."""
     import torch
     import torch.nn.functional as F
@@ -104,11 +110,17 @@ def _linear_axis0(array: np.ndarray, size: int, out: np.ndarray, chunk: int) -> 
         d0, d1, d2 = block.shape
         flat = block.reshape(d0, d1 * d2).T[:, None, :]  # (columns, 1, d0)
         res = F.interpolate(flat, size=size, mode="linear", align_corners=False)
-        out[:, start : start + chunk] = res[:, 0, :].T.reshape(size, d1, d2).numpy()
+        _store(out, (slice(None), slice(start, start + chunk)),
+               res[:, 0, :].T.reshape(size, d1, d2).numpy(), threshold)
 
 
 def _bilinear_axes12(
-    array: np.ndarray, size: tuple[int, int], out: np.ndarray, chunk: int, antialias: bool
+    array: np.ndarray,
+    size: tuple[int, int],
+    out: np.ndarray,
+    chunk: int,
+    antialias: bool,
+    threshold: float | None = None,
 ) -> None:
     """Bilinear resize of axes 1-2 (align_corners=False), chunked over axis 0."""
     import torch
@@ -121,7 +133,7 @@ def _bilinear_axes12(
             block[:, None], size=size, mode="bilinear", align_corners=False,
             antialias=antialias and shrink,
         )
-        out[start : start + chunk] = res[:, 0].numpy()
+        _store(out, slice(start, start + chunk), res[:, 0].numpy(), threshold)
 
 
 def resize(
@@ -130,8 +142,12 @@ def resize(
     *,
     antialias: bool = False,
     chunk: int = 16,
+    threshold: float | None = None,
 ) -> np.ndarray:
     """Trilinear resize (align_corners=False) to `shape`, float32, with bounded memory.
+
+    With `threshold`, the result is a bool mask (value >= threshold) made chunk by chunk, so
+    no full-size float array is ever held.
 
     Trilinear interpolation is separable, so it runs as a linear pass along axis 0 and a
     bilinear pass over axes 1-2, each in chunks; the pass order keeps the float32 intermediate
@@ -139,18 +155,19 @@ def resize(
     """
     shape = tuple(int(s) for s in shape)
     if tuple(array.shape) == shape:
-        return np.asarray(array, dtype=np.float32)
+        same = np.asarray(array, dtype=np.float32)
+        return same if threshold is None else same >= threshold
     axis0_first = shape[0] * array.shape[1] * array.shape[2] <= array.shape[0] * shape[1] * shape[2]
     if axis0_first:
         mid = np.empty((shape[0], *array.shape[1:]), dtype=np.float32)
         _linear_axis0(array, shape[0], mid, chunk)
-        out = np.empty(shape, dtype=np.float32)
-        _bilinear_axes12(mid, shape[1:], out, chunk, antialias)
+        out = np.empty(shape, dtype=np.float32 if threshold is None else bool)
+        _bilinear_axes12(mid, shape[1:], out, chunk, antialias, threshold)
     else:
         mid = np.empty((array.shape[0], *shape[1:]), dtype=np.float32)
         _bilinear_axes12(array, shape[1:], mid, chunk, antialias)
-        out = np.empty(shape, dtype=np.float32)
-        _linear_axis0(mid, shape[0], out, chunk)
+        out = np.empty(shape, dtype=np.float32 if threshold is None else bool)
+        _linear_axis0(mid, shape[0], out, chunk, threshold)
     return out
 
 
@@ -216,6 +233,14 @@ def restore(
     extent = tuple(b - a for a, b in record.crop)
     canonical = np.zeros(record.canonical_shape, dtype=np.uint8)
     if min(extent) > 0:
-        full = resize(probabilities, extent)
-        canonical[tuple(slice(a, b) for a, b in record.crop)] = full >= threshold
+        inside = tuple(slice(a, b) for a, b in record.crop)
+        canonical[inside] = resize(probabilities, extent, threshold=threshold)
+    return np.ascontiguousarray(record.reorientation.invert(canonical))
+
+
+def restore_probabilities(probabilities: np.ndarray, record: PreprocessRecord) -> np.ndarray:
+    """Probabilities on the network grid -> float32 probabilities in the source layout."""
+    canonical = np.zeros(record.canonical_shape, dtype=np.float32)
+    inside = tuple(slice(a, b) for a, b in record.crop)
+    canonical[inside] = resize(probabilities, tuple(b - a for a, b in record.crop))
     return np.ascontiguousarray(record.reorientation.invert(canonical))

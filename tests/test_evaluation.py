@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import geometry_for, oblique_direction
 from voxseg.data.io import write_image
 from voxseg.errors import InputError
-from voxseg.evaluate import EvaluationResult, evaluate, summarise, write_results
+from voxseg.evaluation import EvaluationResult, evaluate, summarise, write_results
 
 # Array order: axis 0 is 2 mm; the direction is oblique and flipped, so only array-order
 # spacing (not the ITK order, nor the world axes) gives the values below.
