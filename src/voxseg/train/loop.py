@@ -31,6 +31,8 @@ OPTIM = "optimizer.safetensors"
 STATE = "state.json"
 CONFIG = "config.json"
 METRICS = "metrics.csv"
+TIME_BUDGET = "time budget"
+INTERRUPTED = "interrupted"
 
 
 @dataclass
@@ -194,6 +196,8 @@ def train(
     is_main = rank == 0
     optimizer = build_optimizer(model, tc)
     state = load_state(run_dir, model, optimizer) if resume else TrainState()
+    if state.stopped in (TIME_BUDGET, INTERRUPTED):
+        state.stopped = ""  # resuming continues a run that was cut short, not one that converged
     loss_fn = build_loss(tc.loss)
     amp = autocast_dtype(tc.precision, device)
     pad = pad_value_for(config)
@@ -220,7 +224,7 @@ def train(
         for i, batch in enumerate(epoch_batches(train_cases, epoch, sampler, pad)):
             # Leave room for the validation that must follow the last step.
             if out_of_time((step_seconds or 0.0) + val_seconds):
-                state.stopped = "time budget"
+                state.stopped = TIME_BUDGET
                 break
             ts = time.monotonic()
             lr = lr_at(state.step, total_steps, tc.lr, tc.schedule)

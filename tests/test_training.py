@@ -1,0 +1,131 @@
+"""Training: overfitting works, early stopping restores the best epoch, resume is exact."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import blob_case
+from voxseg.api import fit
+from voxseg.config import ModelConfig, PreprocessConfig, RunConfig, TrainConfig
+from voxseg.data.cache import PreparedCase, foreground_positions
+from voxseg.geometry import Geometry, Reorientation
+from voxseg.models import build_model
+from voxseg.preprocess import PreprocessRecord, normalise
+from voxseg.train import loop
+from voxseg.train.loop import lr_at
+
+SMALL_UNET = {"base_channels": 4, "depth": 2, "max_channels": 16}
+
+
+def _prepared(n: int, shape=(16, 16, 16)) -> list[PreparedCase]:
+    g = Geometry(shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    rec = PreprocessRecord(g, Reorientation.to_canonical(g), tuple((0, s) for s in shape), shape)
+    out = []
+    for i in range(n):
+        image, label = blob_case(shape, seed=i)
+        target = (label > 0).astype(np.uint8)
+        out.append(PreparedCase(f"c{i}", normalise(image, (-100, 300), 100, 100), target,
+                                foreground_positions(target), rec))
+    return out
+
+
+def _config(**train) -> RunConfig:
+    t = TrainConfig(patch_size=(16, 16, 16), batch_size=2, steps_per_epoch=3, epochs=4, lr=3e-3,
+                    precision="fp32", patience=0, augment=True)
+    return RunConfig(preprocess=PreprocessConfig(spacing=(1.0, 1.0, 1.0)),
+                     model=ModelConfig("unet", dict(SMALL_UNET)), train=replace(t, **train))
+
+
+def _run(tmp: Path, config: RunConfig, cases, resume=False, **kw):
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model.name, **config.model.options)
+    tmp.mkdir(exist_ok=True)
+    state = loop.train(model, config, cases[:-1], cases[-1:], tmp, device=torch.device("cpu"), resume=resume, **kw)
+    return model, state
+
+
+def test_lr_schedule_is_pure_and_bounded():
+    assert lr_at(0, 100, 1e-3, "cosine") == pytest.approx(1e-3)
+    assert lr_at(100, 100, 1e-3, "cosine") == pytest.approx(1e-5)
+    assert lr_at(50, 100, 1e-3, "constant") == 1e-3
+
+
+def test_overfit_one_case_reaches_high_dice(tmp_path: Path):
+    cases = _prepared(1)
+    config = _config(epochs=1, steps_per_epoch=60, augment=False, foreground_oversample=0.0, batch_size=1)
+    model, state = _run(tmp_path, config, cases + cases)  # validate on the training case itself
+    assert state.best_dice > 0.9, state.history
+
+
+def test_resume_after_interruption_gives_identical_weights(tmp_path: Path):
+    cases = _prepared(3)
+    config = _config()
+    _run(tmp_path / "full", config, cases)
+    # Interrupt at the first step of epoch 3 (3 steps per epoch), then resume to the end.
+    calls = iter(range(100))
+    _run(tmp_path / "part", config, cases, should_stop=lambda late: next(calls) >= 6)
+    state = json.loads((tmp_path / "part" / "state.json").read_text())
+    assert state["epoch"] == 2
+    _run(tmp_path / "part", config, cases, resume=True)
+    full = load_file(str(tmp_path / "full" / "last.safetensors"))
+    part = load_file(str(tmp_path / "part" / "last.safetensors"))
+    for k in full:
+        torch.testing.assert_close(part[k], full[k], rtol=0, atol=0)
+    rows = (tmp_path / "part" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 5  # header + 4 epochs, no duplicates
+
+
+def test_early_stopping_restores_best_epoch(tmp_path: Path, monkeypatch):
+    cases = _prepared(3)
+    dices = iter([0.5, 0.8, 0.6, 0.7, 0.4, 0.3])
+
+    def fake_validate(model, *a, **k):
+        return loop.ValResult(0.1, next(dices), np.zeros((1, 3)))
+
+    snapshots = {}
+    real_save = loop.ckpt.save_model
+
+    def spy_save(path, model):
+        if path.name == loop.BEST:
+            snapshots["best"] = {k: v.clone() for k, v in model.state_dict().items()}
+        return real_save(path, model)
+
+    monkeypatch.setattr(loop, "validate", fake_validate)
+    monkeypatch.setattr(loop.ckpt, "save_model", spy_save)
+    model, state = _run(tmp_path, _config(epochs=6, patience=2), cases)
+    assert state.best_epoch == 2 and state.epoch == 4
+    assert "early stopping" in state.stopped
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, snapshots["best"][k])
+
+
+def test_time_budget_stops_at_a_step_boundary(tmp_path: Path):
+    _, state = _run(tmp_path, _config(epochs=100, max_minutes=1e-6), _prepared(3))
+    assert state.stopped == "time budget"
+
+
+def test_training_is_deterministic(tmp_path: Path):
+    cases = _prepared(3)
+    a, _ = _run(tmp_path / "a", _config(epochs=1), cases)
+    b, _ = _run(tmp_path / "b", _config(epochs=1), cases)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(va, vb, rtol=0, atol=0, msg=k)
+
+
+def test_fit_array_api_like_keras(tmp_path: Path):
+    x = np.stack([blob_case((16, 16, 16), seed=i)[0] for i in range(3)]).astype(np.float32)[..., None] / 200
+    y = np.stack([blob_case((16, 16, 16), seed=i)[1] > 0 for i in range(3)]).astype(np.float32)[..., None]
+    fitted = fit(x[:2], y[:2], validation_data=(x[2:], y[2:]), model="seed", epochs=2, batch_size=2, patience=3)
+    probs = fitted.predict(x[2:])
+    assert probs.shape == (1, 16, 16, 16, 1) and probs.min() >= 0 and probs.max() <= 1
+    run = fitted.save(tmp_path / "run")
+    for f in ("model.safetensors", "config.json", "last.safetensors", "metrics.csv", "curves.png"):
+        assert (run / f).is_file(), f
+    assert json.loads((run / "config.json").read_text())["model"]["name"] == "seed"
