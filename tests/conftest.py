@@ -61,7 +61,9 @@ def write_case(
     return folder
 
 
-def geometry_for(shape, spacing=(2.5, 1.2, 0.8), direction=IPL, origin=(10.0, -20.0, 30.0)) -> Geometry:
+def geometry_for(
+    shape, spacing=(2.5, 1.2, 0.8), direction=IPL, origin=(10.0, -20.0, 30.0)
+) -> Geometry:
     return Geometry(shape=tuple(shape), spacing=tuple(spacing), origin=origin, direction=direction)
 
 
@@ -71,5 +73,7 @@ def kits_tiny(tmp_path: Path) -> Path:
     root = tmp_path / "kits"
     for i in range(4):
         image, label = blob_case(seed=i)
-        write_case(root / f"case_{i:05d}", image, label if i < 3 else None, geometry_for(image.shape))
+        write_case(
+            root / f"case_{i:05d}", image, label if i < 3 else None, geometry_for(image.shape)
+        )
     return root

@@ -31,8 +31,13 @@ def test_kits19_under_data_and_symlinked_case_folders(tmp_path: Path):
 
 def test_kits21_layout_with_majority_label(tmp_path: Path):
     image, label = blob_case()
-    write_case(tmp_path / "dataset" / "case_00000", image, label, geometry_for(image.shape),
-               label_name="aggregated_MAJ_seg.nii.gz")
+    write_case(
+        tmp_path / "dataset" / "case_00000",
+        image,
+        label,
+        geometry_for(image.shape),
+        label_name="aggregated_MAJ_seg.nii.gz",
+    )
     ds = discover(tmp_path)
     assert ds.layout == "kits21"
     assert ds.cases[0].label.name == "aggregated_MAJ_seg.nii.gz"
@@ -42,12 +47,19 @@ def test_kits21_layout_with_majority_label(tmp_path: Path):
 def test_msd_nnunet_layout(tmp_path: Path, channel_suffix: str):
     image, label = blob_case()
     g = geometry_for(image.shape)
-    write_case(tmp_path / "imagesTr", image, None, g, image_name=f"kidney_001{channel_suffix}.nii.gz")
+    write_case(
+        tmp_path / "imagesTr", image, None, g, image_name=f"kidney_001{channel_suffix}.nii.gz"
+    )
     write_case(tmp_path / "labelsTr", label, None, g, image_name="kidney_001.nii.gz")
-    write_case(tmp_path / "imagesTs", image, None, g, image_name=f"kidney_101{channel_suffix}.nii.gz")
+    write_case(
+        tmp_path / "imagesTs", image, None, g, image_name=f"kidney_101{channel_suffix}.nii.gz"
+    )
     ds = discover(tmp_path)
     assert ds.layout == "msd"
-    assert [(c.case_id, c.labelled) for c in ds.cases] == [("kidney_001", True), ("kidney_101", False)]
+    assert [(c.case_id, c.labelled) for c in ds.cases] == [
+        ("kidney_001", True),
+        ("kidney_101", False),
+    ]
 
 
 def test_plain_folder_and_single_file(tmp_path: Path):

@@ -110,7 +110,9 @@ def _bad(tmp_path: Path, kind: str) -> Path:
     elif kind == "2d":
         sitk.WriteImage(sitk.GetImageFromArray(np.zeros((5, 6), np.int16)), str(p))
     elif kind == "4d":
-        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 3, 4, 5), np.int16), isVector=False), str(p))
+        sitk.WriteImage(
+            sitk.GetImageFromArray(np.zeros((2, 3, 4, 5), np.int16), isVector=False), str(p)
+        )
     elif kind == "nan":
         a = np.zeros((4, 5, 6), np.float32)
         a[1, 2, 3] = np.nan

@@ -26,7 +26,9 @@ def test_normalise_clips_then_standardises():
 def test_separable_resize_equals_torch_trilinear(shape):
     rng = np.random.default_rng(0)
     a = rng.normal(size=(10, 12, 14)).astype(np.float32)
-    ref = F.interpolate(torch.from_numpy(a)[None, None], size=shape, mode="trilinear", align_corners=False)
+    ref = F.interpolate(
+        torch.from_numpy(a)[None, None], size=shape, mode="trilinear", align_corners=False
+    )
     np.testing.assert_allclose(resize(a, shape, chunk=3), ref[0, 0].numpy(), atol=1e-5)
 
 
@@ -67,5 +69,7 @@ def test_identity_preprocessing_restores_exactly():
 
 def test_record_round_trips_through_dict():
     image, _ = blob_case()
-    _, record = preprocess_image(image, geometry_for(image.shape), PreprocessConfig(spacing=(2.0, 2.0, 2.0)))
+    _, record = preprocess_image(
+        image, geometry_for(image.shape), PreprocessConfig(spacing=(2.0, 2.0, 2.0))
+    )
     assert type(record).from_dict(record.to_dict()) == record

@@ -31,23 +31,43 @@ def _prepared(n: int, shape=(16, 16, 16)) -> list[PreparedCase]:
     for i in range(n):
         image, label = blob_case(shape, seed=i)
         target = (label > 0).astype(np.uint8)
-        out.append(PreparedCase(f"c{i}", normalise(image, (-100, 300), 100, 100), target,
-                                foreground_positions(target), rec))
+        out.append(
+            PreparedCase(
+                f"c{i}",
+                normalise(image, (-100, 300), 100, 100),
+                target,
+                foreground_positions(target),
+                rec,
+            )
+        )
     return out
 
 
 def _config(**train) -> RunConfig:
-    t = TrainConfig(patch_size=(16, 16, 16), batch_size=2, steps_per_epoch=3, epochs=4, lr=3e-3,
-                    precision="fp32", patience=0, augment=True)
-    return RunConfig(preprocess=PreprocessConfig(spacing=(1.0, 1.0, 1.0)),
-                     model=ModelConfig("unet", dict(SMALL_UNET)), train=replace(t, **train))
+    t = TrainConfig(
+        patch_size=(16, 16, 16),
+        batch_size=2,
+        steps_per_epoch=3,
+        epochs=4,
+        lr=3e-3,
+        precision="fp32",
+        patience=0,
+        augment=True,
+    )
+    return RunConfig(
+        preprocess=PreprocessConfig(spacing=(1.0, 1.0, 1.0)),
+        model=ModelConfig("unet", dict(SMALL_UNET)),
+        train=replace(t, **train),
+    )
 
 
 def _run(tmp: Path, config: RunConfig, cases, resume=False, **kw):
     torch.manual_seed(config.train.seed)
     model = build_model(config.model.name, **config.model.options)
     tmp.mkdir(exist_ok=True)
-    state = loop.train(model, config, cases[:-1], cases[-1:], tmp, device=torch.device("cpu"), resume=resume, **kw)
+    state = loop.train(
+        model, config, cases[:-1], cases[-1:], tmp, device=torch.device("cpu"), resume=resume, **kw
+    )
     return model, state
 
 
@@ -59,7 +79,9 @@ def test_lr_schedule_is_pure_and_bounded():
 
 def test_overfit_one_case_reaches_high_dice(tmp_path: Path):
     cases = _prepared(1)
-    config = _config(epochs=1, steps_per_epoch=60, augment=False, foreground_oversample=0.0, batch_size=1)
+    config = _config(
+        epochs=1, steps_per_epoch=60, augment=False, foreground_oversample=0.0, batch_size=1
+    )
     model, state = _run(tmp_path, config, cases + cases)  # validate on the training case itself
     assert state.best_dice > 0.9, state.history
 
@@ -120,9 +142,24 @@ def test_training_is_deterministic(tmp_path: Path):
 
 
 def test_fit_array_api_like_keras(tmp_path: Path):
-    x = np.stack([blob_case((16, 16, 16), seed=i)[0] for i in range(3)]).astype(np.float32)[..., None] / 200
-    y = np.stack([blob_case((16, 16, 16), seed=i)[1] > 0 for i in range(3)]).astype(np.float32)[..., None]
-    fitted = fit(x[:2], y[:2], validation_data=(x[2:], y[2:]), model="seed", epochs=2, batch_size=2, patience=3)
+    x = (
+        np.stack([blob_case((16, 16, 16), seed=i)[0] for i in range(3)]).astype(np.float32)[
+            ..., None
+        ]
+        / 200
+    )
+    y = np.stack([blob_case((16, 16, 16), seed=i)[1] > 0 for i in range(3)]).astype(np.float32)[
+        ..., None
+    ]
+    fitted = fit(
+        x[:2],
+        y[:2],
+        validation_data=(x[2:], y[2:]),
+        model="seed",
+        epochs=2,
+        batch_size=2,
+        patience=3,
+    )
     probs = fitted.predict(x[2:])
     assert probs.shape == (1, 16, 16, 16, 1) and probs.min() >= 0 and probs.max() <= 1
     run = fitted.save(tmp_path / "run")

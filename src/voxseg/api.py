@@ -43,11 +43,17 @@ def _cases(x: np.ndarray, y: np.ndarray, prefix: str) -> list[PreparedCase]:
         raise InputError(f"{prefix}: images {x.shape} and labels {y.shape} differ in shape")
     shape = tuple(int(s) for s in x.shape[1:])
     geometry = Geometry(shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), _IDENTITY)
-    record = PreprocessRecord(geometry, Reorientation.to_canonical(geometry), tuple((0, s) for s in shape), shape)
+    record = PreprocessRecord(
+        geometry, Reorientation.to_canonical(geometry), tuple((0, s) for s in shape), shape
+    )
     out = []
     for i in range(len(x)):
         label = (y[i] > 0.5).astype(np.uint8)
-        out.append(PreparedCase(f"{prefix}_{i}", x[i].astype(np.float32), label, foreground_positions(label), record))
+        out.append(
+            PreparedCase(
+                f"{prefix}_{i}", x[i].astype(np.float32), label, foreground_positions(label), record
+            )
+        )
     return out
 
 
@@ -65,7 +71,10 @@ class FittedModel:
         """Probabilities shaped (N, D, H, W, 1), like Keras's `model.predict`."""
         volumes = _volumes(x, "x")
         amp = autocast_dtype(self.config.train.precision, self.device)
-        probs = [predict_probabilities(self.model, v, patch_size=None, device=self.device, amp=amp) for v in volumes]
+        probs = [
+            predict_probabilities(self.model, v, patch_size=None, device=self.device, amp=amp)
+            for v in volumes
+        ]
         return np.stack(probs)[..., None]
 
     def save(self, directory: str | Path) -> Path:
@@ -97,24 +106,39 @@ def fit(
     device: str = "auto",
     max_minutes: float | None = None,
 ) -> FittedModel:
-    """Train on arrays (Keras-style); early stopping on validation Dice restores the best weights."""
+    """Train on arrays, Keras-style; early stopping on validation Dice restores the best weights."""
     from voxseg.models import build_model
     from voxseg.report import plot_curves
 
     train_cases = _cases(x_train, y_train, "train")
     val_cases = _cases(*validation_data, "val") if validation_data is not None else []
     shape = train_cases[0].record.shape
-    base = RunConfig(data=DataConfig(), preprocess=PreprocessConfig(
-        mode="shape", shape=shape, window=(-1e30, 1e30), mean=0.0, std=1.0, crop_body=False))
+    base = RunConfig(
+        data=DataConfig(),
+        preprocess=PreprocessConfig(
+            mode="shape", shape=shape, window=(-1e30, 1e30), mean=0.0, std=1.0, crop_body=False
+        ),
+    )
     if model == "seed":
         config = seed_preset(base)
         config = replace(config, preprocess=base.preprocess)
     else:
-        config = replace(base, model=ModelConfig(name=model), train=TrainConfig(patch_size=None, augment=False))
-    config = replace(config, train=replace(
-        config.train, epochs=epochs, batch_size=batch_size, patience=patience, lr=lr, seed=seed,
-        max_minutes=max_minutes, loss=loss or config.train.loss,
-    ))
+        config = replace(
+            base, model=ModelConfig(name=model), train=TrainConfig(patch_size=None, augment=False)
+        )
+    config = replace(
+        config,
+        train=replace(
+            config.train,
+            epochs=epochs,
+            batch_size=batch_size,
+            patience=patience,
+            lr=lr,
+            seed=seed,
+            max_minutes=max_minutes,
+            loss=loss or config.train.loss,
+        ),
+    )
     dev = resolve_device(device)
     torch.manual_seed(seed)
     net = build_model(config.model.name, **config.model.options)

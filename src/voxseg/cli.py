@@ -56,7 +56,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:  # noqa: BLE001 - last line of defence, still one line
             if _state["debug"]:
                 raise
-            _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", 1)
+            _fail(
+                f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", 1
+            )
 
     return wrapper
 
@@ -83,7 +85,8 @@ ForegroundOpt = Annotated[
     str | None,
     typer.Option(
         "--foreground",
-        help="Label values that form the target, e.g. '2' (tumour) or '1,2'. Default: every non-zero label.",
+        help="Label values that form the target, e.g. '2' (tumour) or '1,2'. "
+        "Default: every non-zero label.",
     ),
 ]
 
@@ -93,7 +96,11 @@ ForegroundOpt = Annotated[
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Folder to create (KiTS19 layout).")],
     cases: Annotated[int, typer.Option("--cases", min=1, help="Number of cases.")] = 8,
-    shape: Annotated[tuple[int, int, int], typer.Option("--shape", help="Array shape Z Y X.")] = (64, 64, 64),
+    shape: Annotated[tuple[int, int, int], typer.Option("--shape", help="Array shape Z Y X.")] = (
+        64,
+        64,
+        64,
+    ),
     spacing: Annotated[
         tuple[float, float, float], typer.Option("--spacing", help="Voxel size in mm, Z Y X.")
     ] = (2.5, 1.6, 1.6),
@@ -102,7 +109,9 @@ def synth(
         Path | None,
         typer.Option("--labels", help="KiTS-layout folder of real label maps to paint CT around."),
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output.")
+    ] = False,
 ) -> None:
     """Write a KiTS19-layout dataset of synthetic CT-like volumes (Hounsfield units)."""
     from rich.progress import Progress
@@ -112,8 +121,14 @@ def synth(
     with Progress(console=err_console, transient=True) as bar:
         task = bar.add_task("synthesising", total=cases)
         written = write_dataset(
-            out, cases, shape=shape, spacing=spacing, seed=seed, labels_dir=labels,
-            overwrite=overwrite, progress=lambda _i: bar.advance(task),
+            out,
+            cases,
+            shape=shape,
+            spacing=spacing,
+            seed=seed,
+            labels_dir=labels,
+            overwrite=overwrite,
+            progress=lambda _i: bar.advance(task),
         )
     console.print(f"wrote {len(written)} cases to {out}")
 
@@ -172,7 +187,11 @@ def info(
 @handle_errors
 def summary(
     model: Annotated[str, typer.Option("--model", help="Registered model name.")] = "unet",
-    shape: Annotated[tuple[int, int, int], typer.Option("--shape", help="Input size D H W.")] = (128, 128, 128),
+    shape: Annotated[tuple[int, int, int], typer.Option("--shape", help="Input size D H W.")] = (
+        128,
+        128,
+        128,
+    ),
 ) -> None:
     """Every layer with its output shape and parameter count (like Keras's model.summary())."""
     from voxseg.models import build_model
@@ -190,11 +209,21 @@ class _TrainUI:
     """Rich progress for `voxseg train`: case preparation, then epoch/step/loss/Dice/time left."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err_console,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=err_console,
         )
         self.epoch_task = None
 
@@ -209,18 +238,35 @@ class _TrainUI:
         if self.epoch_task is None:
             self.epoch_task = self.bar.add_task("training", total=p.steps, info="")
         dice = f"val Dice {p.val_dice:.3f}" if p.val_dice is not None else "val Dice -"
-        eta = f"~{p.eta_seconds / 60:.1f} min left" if p.eta_seconds not in (None, float("inf")) else ""
-        self.bar.update(self.epoch_task, completed=p.step, total=p.steps,
-                        description=f"epoch {p.epoch}", info=f"loss {p.loss:.4f}  {dice}  {eta}")
+        eta = (
+            f"~{p.eta_seconds / 60:.1f} min left"
+            if p.eta_seconds not in (None, float("inf"))
+            else ""
+        )
+        self.bar.update(
+            self.epoch_task,
+            completed=p.step,
+            total=p.steps,
+            description=f"epoch {p.epoch}",
+            info=f"loss {p.loss:.4f}  {dice}  {eta}",
+        )
 
 
 @app.command()
 @handle_errors
 def train(
-    data: Annotated[Path, typer.Option("--data", help="Labelled dataset root (KiTS or MSD layout).")],
-    out: Annotated[Path, typer.Option("--out", help="Run folder for weights, config, metrics, curves.")],
-    model: Annotated[str | None, typer.Option("--model", help="Model name (default: unet).")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", help="'seed': the original Keras recipe.")] = None,
+    data: Annotated[
+        Path, typer.Option("--data", help="Labelled dataset root (KiTS or MSD layout).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Run folder for weights, config, metrics, curves.")
+    ],
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model name (default: unet).")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option("--preset", help="'seed': the original Keras recipe.")
+    ] = None,
     shape: Annotated[
         tuple[int, int, int] | None, typer.Option("--shape", help="Resize every case to D H W.")
     ] = None,
@@ -232,17 +278,29 @@ def train(
     lr: Annotated[float | None, typer.Option("--lr", min=0.0)] = None,
     loss: Annotated[str | None, typer.Option("--loss", help="bce or dice_bce.")] = None,
     val_fraction: Annotated[float | None, typer.Option("--val-fraction", min=0.0, max=0.9)] = None,
-    val_cases: Annotated[str | None, typer.Option("--val-cases", help="Comma-separated case ids.")] = None,
-    patience: Annotated[int | None, typer.Option("--patience", min=0, help="0 disables early stopping.")] = None,
-    max_minutes: Annotated[float | None, typer.Option("--max-minutes", min=0.0, help="Time budget.")] = None,
+    val_cases: Annotated[
+        str | None, typer.Option("--val-cases", help="Comma-separated case ids.")
+    ] = None,
+    patience: Annotated[
+        int | None, typer.Option("--patience", min=0, help="0 disables early stopping.")
+    ] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option("--max-minutes", min=0.0, help="Time budget.")
+    ] = None,
     steps_per_epoch: Annotated[int | None, typer.Option("--steps-per-epoch", min=1)] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh in an existing --out.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start afresh in an existing --out.")
+    ] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
-    precision: Annotated[str | None, typer.Option("--precision", help="auto, fp32, bf16, fp16.")] = None,
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="auto, fp32, bf16, fp16.")
+    ] = None,
     foreground: ForegroundOpt = None,
-    cache: Annotated[Path | None, typer.Option("--cache", help="Preprocessed-case cache folder.")] = None,
+    cache: Annotated[
+        Path | None, typer.Option("--cache", help="Preprocessed-case cache folder.")
+    ] = None,
 ) -> None:
     """Train a model; with no options the recipe plans itself from the data and --max-minutes."""
     from voxseg.errors import ConfigError
@@ -251,12 +309,28 @@ def train(
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; choose one")
     options = TrainOptions(
-        data=data, out=out, model=model, preset=preset, shape=shape, spacing=spacing, epochs=epochs,
-        batch_size=batch_size, lr=lr, loss=loss, val_fraction=val_fraction,
+        data=data,
+        out=out,
+        model=model,
+        preset=preset,
+        shape=shape,
+        spacing=spacing,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        loss=loss,
+        val_fraction=val_fraction,
         val_cases=tuple(v.strip() for v in val_cases.split(",") if v.strip()) if val_cases else (),
-        patience=patience, max_minutes=max_minutes, steps_per_epoch=steps_per_epoch, seed=seed,
-        resume=resume, overwrite=overwrite, device=device, foreground=_parse_foreground(foreground),
-        cache_dir=cache, precision=precision,
+        patience=patience,
+        max_minutes=max_minutes,
+        steps_per_epoch=steps_per_epoch,
+        seed=seed,
+        resume=resume,
+        overwrite=overwrite,
+        device=device,
+        foreground=_parse_foreground(foreground),
+        cache_dir=cache,
+        precision=precision,
     )
     ui = _TrainUI()
     with ui.bar:
@@ -271,14 +345,22 @@ def train(
 @handle_errors
 def predict(
     model: Annotated[Path, typer.Option("--model", help="Run folder made by `voxseg train`.")],
-    input: Annotated[Path, typer.Option("--input", help="Image file, folder of images, or dataset root.")],
+    input: Annotated[
+        Path, typer.Option("--input", help="Image file, folder of images, or dataset root.")
+    ],
     output: Annotated[Path, typer.Option("--output", help="Mask file (single input) or folder.")],
     device: Annotated[str, typer.Option("--device")] = "auto",
     tta: Annotated[bool, typer.Option("--tta", help="Mirror test-time augmentation.")] = False,
     overlap: Annotated[float | None, typer.Option("--overlap", min=0.0, max=0.95)] = None,
-    probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write <case>_prob.nii.gz.")] = False,
-    keep_largest: Annotated[int, typer.Option("--keep-largest", min=0, help="Keep N largest components.")] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    probabilities: Annotated[
+        bool, typer.Option("--probabilities", help="Also write <case>_prob.nii.gz.")
+    ] = False,
+    keep_largest: Annotated[
+        int, typer.Option("--keep-largest", min=0, help="Keep N largest components.")
+    ] = 0,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing outputs.")
+    ] = False,
 ) -> None:
     """Predict masks on each input's exact grid (shape, spacing, origin, direction, axis order)."""
     from dataclasses import replace
@@ -291,8 +373,12 @@ def predict(
 
     n_cases = len(discover(input).cases)
     predictor = load_predictor(model, device)
-    infer = replace(predictor.config.infer, tta=tta, keep_largest=keep_largest,
-                    **({"overlap": overlap} if overlap is not None else {}))
+    infer = replace(
+        predictor.config.infer,
+        tta=tta,
+        keep_largest=keep_largest,
+        **({"overlap": overlap} if overlap is not None else {}),
+    )
     skipped = []
     with Progress(console=err_console, transient=True) as bar:
         task = bar.add_task("predicting", total=n_cases)
@@ -302,19 +388,35 @@ def predict(
                 skipped.append(case_id)
             bar.advance(task)
 
-        done = list(iter_predictions(predictor, input, output, infer=infer, probabilities=probabilities,
-                                     overwrite=overwrite, shard=shard_from_env(), on_case=on_case))
+        done = list(
+            iter_predictions(
+                predictor,
+                input,
+                output,
+                infer=infer,
+                probabilities=probabilities,
+                overwrite=overwrite,
+                shard=shard_from_env(),
+                on_case=on_case,
+            )
+        )
     if skipped:
-        err_console.print(f"{len(skipped)} outputs already existed and were kept (--overwrite redoes them)")
+        err_console.print(
+            f"{len(skipped)} outputs already existed and were kept (--overwrite redoes them)"
+        )
     console.print(f"wrote {len(done)} masks to {output}")
 
 
 @app.command()
 @handle_errors
 def evaluate(
-    pred: Annotated[Path, typer.Option("--pred", help="Folder of <case_id>.nii.gz masks (or one file).")],
+    pred: Annotated[
+        Path, typer.Option("--pred", help="Folder of <case_id>.nii.gz masks (or one file).")
+    ],
     gt: Annotated[Path, typer.Option("--gt", help="Folder of masks or a labelled dataset root.")],
-    out: Annotated[Path | None, typer.Option("--out", help="metrics.json (a .csv is written beside it).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="metrics.json (a .csv is written beside it).")
+    ] = None,
     foreground: ForegroundOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
@@ -329,7 +431,10 @@ def evaluate(
         check_output(out, overwrite)
     result = run_evaluation(pred, gt, foreground=_parse_foreground(foreground))
     rows = result.table()
-    table = Table(title=f"{len(result.cases)} cases; global Dice {result.global_dice:.4f}", title_justify="left")
+    table = Table(
+        title=f"{len(result.cases)} cases; global Dice {result.global_dice:.4f}",
+        title_justify="left",
+    )
     for col in rows[0]:
         table.add_column(col)
     for row in rows[1:]:
@@ -345,9 +450,13 @@ def evaluate(
 @app.command()
 @handle_errors
 def report(
-    run_dir: Annotated[Path | None, typer.Argument(help="Run folder made by `voxseg train`.")] = None,
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="Run folder made by `voxseg train`.")
+    ] = None,
     pred: Annotated[Path | None, typer.Option("--pred", help="Folder of predicted masks.")] = None,
-    gt: Annotated[Path | None, typer.Option("--gt", help="Ground truth: mask folder or dataset root.")] = None,
+    gt: Annotated[
+        Path | None, typer.Option("--gt", help="Ground truth: mask folder or dataset root.")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="HTML file to write.")] = Path("report.html"),
     foreground: ForegroundOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
@@ -360,15 +469,23 @@ def report(
         raise ConfigError("give a run folder, or both --pred and --gt")
     if (pred is None) != (gt is None):
         raise ConfigError("--pred and --gt go together")
-    path = write_report(run_dir, out, pred_dir=pred, gt=gt, foreground=_parse_foreground(foreground),
-                        overwrite=overwrite)
+    path = write_report(
+        run_dir,
+        out,
+        pred_dir=pred,
+        gt=gt,
+        foreground=_parse_foreground(foreground),
+        overwrite=overwrite,
+    )
     console.print(f"report: {path.resolve()}")
 
 
 @app.command()
 @handle_errors
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for everything the demo makes.")] = Path("demo_out"),
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for everything the demo makes.")
+    ] = Path("demo_out"),
     cases: Annotated[int, typer.Option("--cases", min=4)] = 16,
     minutes: Annotated[float, typer.Option("--minutes", min=0.1, help="Training budget.")] = 2.0,
 ) -> None:

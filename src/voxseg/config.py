@@ -122,7 +122,9 @@ class RunConfig:
         try:
             d = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read configuration ({exc}); retrain or restore it") from exc
+            raise ConfigError(
+                f"{path}: cannot read configuration ({exc}); retrain or restore it"
+            ) from exc
         if not isinstance(d, dict) or d.get("version") != CONFIG_VERSION:
             raise ConfigError(f"{path}: not a voxseg v{CONFIG_VERSION} configuration")
         return cls.from_dict(d)

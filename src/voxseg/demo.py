@@ -21,11 +21,16 @@ def run_demo(out: Path, *, cases: int, minutes: float, ui) -> Path:
     advance = ui.task("synthesising", cases + TEST_CASES)
     write_dataset(data, cases, seed=0, overwrite=True, progress=lambda _i: advance())
     write_dataset(test, TEST_CASES, seed=TEST_SEED, overwrite=True, progress=lambda _i: advance())
-    ui.log(f"synthetic CT: {cases} training cases in {data}, {TEST_CASES} unseen test cases in {test}")
+    ui.log(
+        f"synthetic CT: {cases} training cases in {data}, {TEST_CASES} unseen test cases in {test}"
+    )
 
     run = out / "run"
     _, state = run_training(
-        TrainOptions(data=data, out=run, max_minutes=minutes, overwrite=True, cache_dir=out / "cache"), ui
+        TrainOptions(
+            data=data, out=run, max_minutes=minutes, overwrite=True, cache_dir=out / "cache"
+        ),
+        ui,
     )
     ui.log(f"training stopped ({state.stopped}); best validation Dice {state.best_dice:.3f}")
 
@@ -36,5 +41,7 @@ def run_demo(out: Path, *, cases: int, minutes: float, ui) -> Path:
         advance()
     result = evaluate(pred, test)
     write_results(result, out / "metrics.json")
-    ui.log(f"test Dice (mean over {len(result.cases)} unseen cases): {result.summary['dice'].mean:.3f}")
+    ui.log(
+        f"test Dice (mean over {len(result.cases)} unseen cases): {result.summary['dice'].mean:.3f}"
+    )
     return write_report(run, out / "report.html", pred_dir=pred, gt=test, overwrite=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def cpu_has_fast_bf16() -> bool:
     try:
-        flags = open("/proc/cpuinfo").read()
+        flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
@@ -39,7 +40,9 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _pad_to_multiple(x: torch.Tensor, divisor: int, value: float) -> tuple[torch.Tensor, tuple[int, ...]]:
+def _pad_to_multiple(
+    x: torch.Tensor, divisor: int, value: float
+) -> tuple[torch.Tensor, tuple[int, ...]]:
     shape = x.shape[-3:]
     target = [-(-s // divisor) * divisor for s in shape]
     pad = []
@@ -67,7 +70,9 @@ def predict_probabilities(
 ) -> np.ndarray:
     """Foreground probabilities (float32) on the network grid of `net_input` (D, H, W)."""
     device = torch.device(device)
-    x = torch.from_numpy(np.array(net_input, dtype=np.float32))[None, None].to(device)  # copy: memmaps are read-only
+    x = torch.from_numpy(np.array(net_input, dtype=np.float32))[None, None].to(
+        device
+    )  # copy: memmaps are read-only
     divisor = int(getattr(model, "divisor", 1))
 
     def logits(t: torch.Tensor) -> torch.Tensor:

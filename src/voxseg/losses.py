@@ -19,13 +19,17 @@ def build_loss(name: str) -> nn.Module:
     raise ConfigError(f"unknown loss {name!r}; choose bce or dice_bce")
 
 
-def deep_supervision_loss(loss: nn.Module, outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+def deep_supervision_loss(
+    loss: nn.Module, outputs: list[torch.Tensor], target: torch.Tensor
+) -> torch.Tensor:
     """nnU-Net's weighting: halve the weight at each coarser output, normalise to sum 1."""
     weights = [0.5**i for i in range(len(outputs))]
     total = 0.0
     for w, out in zip(weights, outputs, strict=True):
-        t = target if out.shape[-3:] == target.shape[-3:] else torch.nn.functional.interpolate(
-            target, size=out.shape[-3:], mode="nearest"
+        t = (
+            target
+            if out.shape[-3:] == target.shape[-3:]
+            else torch.nn.functional.interpolate(target, size=out.shape[-3:], mode="nearest")
         )
         total = total + w * loss(out, t)
     return total / sum(weights)

@@ -17,7 +17,14 @@ from torch import nn
 
 from voxseg.config import InferConfig, RunConfig
 from voxseg.data.discovery import Case, discover
-from voxseg.data.io import IMAGE_SUFFIXES, check_output, read_image, read_info, write_image, write_mask
+from voxseg.data.io import (
+    IMAGE_SUFFIXES,
+    check_output,
+    read_image,
+    read_info,
+    write_image,
+    write_mask,
+)
 from voxseg.errors import ConfigError, InputError
 from voxseg.geometry import Geometry
 from voxseg.inference import autocast_dtype, predict_probabilities
@@ -45,14 +52,18 @@ class Prediction:
     path: Path | None = None
 
 
-def load_predictor(run_dir: str | Path, device: str = "auto", precision: str | None = None) -> Predictor:
+def load_predictor(
+    run_dir: str | Path, device: str = "auto", precision: str | None = None
+) -> Predictor:
     """Rebuild the model from `run_dir/config.json` and load `model.safetensors` (no pickle)."""
     from voxseg.models import build_model
     from voxseg.train.run import resolve_device
 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
-        raise ConfigError(f"{run_dir}: no {CONFIG}; --model must be a run folder made by `voxseg train`")
+        raise ConfigError(
+            f"{run_dir}: no {CONFIG}; --model must be a run folder made by `voxseg train`"
+        )
     config = RunConfig.load(run_dir / CONFIG)
     model = build_model(config.model.name, **config.model.options)
     state = _best_hash(run_dir)
@@ -99,12 +110,20 @@ def predict_image(
     if patch is not None:  # a volume smaller than the patch is padded by the sliding window
         patch = tuple(int(p) for p in patch)
     prob = predict_probabilities(
-        predictor.model, net_input, patch_size=patch, overlap=infer.overlap, tta=infer.tta,
-        device=predictor.device, amp=predictor.amp, pad_value=pad_value_for(cfg),
+        predictor.model,
+        net_input,
+        patch_size=patch,
+        overlap=infer.overlap,
+        tta=infer.tta,
+        device=predictor.device,
+        amp=predictor.amp,
+        pad_value=pad_value_for(cfg),
     )
     del net_input
     if infer.keep_largest:
-        prob = np.where(keep_largest(prob >= infer.threshold, infer.keep_largest), prob, 0.0).astype(np.float32)
+        prob = np.where(
+            keep_largest(prob >= infer.threshold, infer.keep_largest), prob, 0.0
+        ).astype(np.float32)
     mask = restore(prob, record, infer.threshold).astype(np.uint8)
     probs = restore_probabilities(prob, record) if with_probabilities else None
     return mask, probs
@@ -116,7 +135,9 @@ def output_paths(input_path: Path, output: Path, cases: list[Case], single: bool
             return [output / f"{cases[0].case_id}.nii.gz"]
         return [output]
     if output.exists() and not output.is_dir():
-        raise InputError(f"{output}: is a file, but {input_path} holds several scans; give a folder")
+        raise InputError(
+            f"{output}: is a file, but {input_path} holds several scans; give a folder"
+        )
     return [output / f"{c.case_id}.nii.gz" for c in cases]
 
 
@@ -148,24 +169,34 @@ def iter_predictions(
     dataset = discover(input_path)
     cases = list(dataset.cases)
     single = dataset.layout == "file"
-    paths = output_paths(input_path, output, cases, single) if output is not None else [None] * len(cases)
+    paths = (
+        output_paths(input_path, output, cases, single)
+        if output is not None
+        else [None] * len(cases)
+    )
     if single and paths[0] is not None:
         check_output(paths[0], overwrite)
     rank, world = shard
     for case, path in list(zip(cases, paths, strict=True))[rank::world]:
-        if path is not None and path.exists() and not overwrite and not single:
-            if _is_complete(path, read_info(case.image).geometry):
-                if on_case:
-                    on_case(case.case_id, "exists, skipped")
-                continue
+        done = path is not None and path.exists() and not overwrite and not single
+        if done and _is_complete(path, read_info(case.image).geometry):
+            if on_case:
+                on_case(case.case_id, "exists, skipped")
+            continue
         image, geometry = read_image(case.image)
-        mask, probs = predict_image(predictor, image, geometry, infer, with_probabilities=probabilities)
+        mask, probs = predict_image(
+            predictor, image, geometry, infer, with_probabilities=probabilities
+        )
         del image
         if path is not None:
             write_mask(path, mask, geometry, overwrite=True)
             if probs is not None:
-                write_image(path.with_name(path.name.replace(".nii.gz", "_prob.nii.gz")), probs, geometry,
-                            overwrite=True)
+                write_image(
+                    path.with_name(path.name.replace(".nii.gz", "_prob.nii.gz")),
+                    probs,
+                    geometry,
+                    overwrite=True,
+                )
         if on_case:
             on_case(case.case_id, "done")
         yield Prediction(case.case_id, mask, geometry, probs, path)
@@ -188,7 +219,19 @@ def predict(
     Returns each case's mask and its source geometry; writes files when `output` is given.
     """
     predictor = load_predictor(model, device)
-    infer = replace(predictor.config.infer, tta=tta, keep_largest=keep_largest,
-                    **({"overlap": overlap} if overlap is not None else {}))
-    return list(iter_predictions(predictor, Path(input), Path(output) if output else None, infer=infer,
-                                 probabilities=probabilities, overwrite=overwrite))
+    infer = replace(
+        predictor.config.infer,
+        tta=tta,
+        keep_largest=keep_largest,
+        **({"overlap": overlap} if overlap is not None else {}),
+    )
+    return list(
+        iter_predictions(
+            predictor,
+            Path(input),
+            Path(output) if output else None,
+            infer=infer,
+            probabilities=probabilities,
+            overwrite=overwrite,
+        )
+    )

@@ -45,7 +45,9 @@ class PreprocessRecord:
         """Effective voxel size of the resampled array (mm, canonical order)."""
         return tuple(
             sp * (stop - start) / n
-            for sp, (start, stop), n in zip(self.canonical_spacing, self.crop, self.shape, strict=True)
+            for sp, (start, stop), n in zip(
+                self.canonical_spacing, self.crop, self.shape, strict=True
+            )
         )
 
     def to_dict(self) -> dict:
@@ -66,7 +68,9 @@ class PreprocessRecord:
         )
 
 
-def normalise(image: np.ndarray, window: tuple[float, float], mean: float, std: float) -> np.ndarray:
+def normalise(
+    image: np.ndarray, window: tuple[float, float], mean: float, std: float
+) -> np.ndarray:
     """Clip to the HU window, then standardise. float32 out."""
     out = np.clip(image.astype(np.float32, copy=False), window[0], window[1])
     out -= np.float32(mean)
@@ -74,7 +78,9 @@ def normalise(image: np.ndarray, window: tuple[float, float], mean: float, std: 
     return out
 
 
-def body_box(canonical: np.ndarray, spacing: Vec3, threshold: float = BODY_HU) -> tuple[tuple[int, int], ...]:
+def body_box(
+    canonical: np.ndarray, spacing: Vec3, threshold: float = BODY_HU
+) -> tuple[tuple[int, int], ...]:
     """Bounding box of voxels above `threshold`, plus a margin; the whole volume if none."""
     body = canonical > threshold
     box = []
@@ -91,7 +97,9 @@ def body_box(canonical: np.ndarray, spacing: Vec3, threshold: float = BODY_HU) -
 
 def target_shape(extent: Shape3, spacing: Vec3, target: Vec3) -> Shape3:
     """Array shape after resampling `extent` voxels of `spacing` to `target` spacing."""
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(extent, spacing, target, strict=True))
+    return tuple(
+        max(1, int(round(n * s / t))) for n, s, t in zip(extent, spacing, target, strict=True)
+    )
 
 
 def _store(out: np.ndarray, index, values: np.ndarray, threshold: float | None) -> None:
@@ -106,12 +114,18 @@ def _linear_axis0(
     import torch.nn.functional as F
 
     for start in range(0, array.shape[1], chunk):
-        block = torch.from_numpy(np.ascontiguousarray(array[:, start : start + chunk], dtype=np.float32))
+        block = torch.from_numpy(
+            np.ascontiguousarray(array[:, start : start + chunk], dtype=np.float32)
+        )
         d0, d1, d2 = block.shape
         flat = block.reshape(d0, d1 * d2).T[:, None, :]  # (columns, 1, d0)
         res = F.interpolate(flat, size=size, mode="linear", align_corners=False)
-        _store(out, (slice(None), slice(start, start + chunk)),
-               res[:, 0, :].T.reshape(size, d1, d2).numpy(), threshold)
+        _store(
+            out,
+            (slice(None), slice(start, start + chunk)),
+            res[:, 0, :].T.reshape(size, d1, d2).numpy(),
+            threshold,
+        )
 
 
 def _bilinear_axes12(
@@ -128,9 +142,14 @@ def _bilinear_axes12(
 
     shrink = size[0] < array.shape[1] or size[1] < array.shape[2]
     for start in range(0, array.shape[0], chunk):
-        block = torch.from_numpy(np.ascontiguousarray(array[start : start + chunk], dtype=np.float32))
+        block = torch.from_numpy(
+            np.ascontiguousarray(array[start : start + chunk], dtype=np.float32)
+        )
         res = F.interpolate(
-            block[:, None], size=size, mode="bilinear", align_corners=False,
+            block[:, None],
+            size=size,
+            mode="bilinear",
+            align_corners=False,
             antialias=antialias and shrink,
         )
         _store(out, slice(start, start + chunk), res[:, 0].numpy(), threshold)
@@ -177,7 +196,9 @@ def binary_target(label: np.ndarray, foreground: tuple[int, ...] | None) -> np.n
     return mask.astype(np.uint8)
 
 
-def plan_record(source: Geometry, canonical: np.ndarray | None, cfg: PreprocessConfig) -> PreprocessRecord:
+def plan_record(
+    source: Geometry, canonical: np.ndarray | None, cfg: PreprocessConfig
+) -> PreprocessRecord:
     """Decide crop and resampled shape for one case (`canonical` is the reoriented image)."""
     reorientation = Reorientation.to_canonical(source)
     cshape = tuple(source.shape[a] for a in reorientation.axes)
@@ -214,7 +235,9 @@ def preprocess_image(
     return normalise(resampled, cfg.window, cfg.mean, cfg.std), record
 
 
-def preprocess_label(label: np.ndarray, record: PreprocessRecord, foreground: tuple[int, ...] | None) -> np.ndarray:
+def preprocess_label(
+    label: np.ndarray, record: PreprocessRecord, foreground: tuple[int, ...] | None
+) -> np.ndarray:
     """Label map -> binary uint8 target on the network grid (linear resize, threshold 0.5)."""
     target = binary_target(_crop(record.reorientation.apply(label), record.crop), foreground)
     if target.shape == record.shape:

@@ -44,7 +44,9 @@ def default_cache_dir() -> Path:
     env = os.environ.get("VOXSEG_CACHE")
     if env:
         return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "voxseg" / "preprocessed"
+    return (
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "voxseg" / "preprocessed"
+    )
 
 
 def _identity(path: Path) -> dict:
@@ -73,7 +75,9 @@ def foreground_positions(label: np.ndarray, seed: int = 0) -> np.ndarray:
     return pos
 
 
-def prepare_case(case: Case, cfg: PreprocessConfig, foreground: tuple[int, ...] | None) -> PreparedCase:
+def prepare_case(
+    case: Case, cfg: PreprocessConfig, foreground: tuple[int, ...] | None
+) -> PreparedCase:
     """Read, check and preprocess one labelled case (no cache)."""
     if case.label is None:
         raise ValueError(f"{case.case_id}: prepare_case needs a labelled case")

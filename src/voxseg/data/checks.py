@@ -17,9 +17,15 @@ def label_values(label: np.ndarray, path: Path) -> tuple[int, ...]:
     """Distinct label values, refusing maps that cannot be label maps."""
     if label.dtype.kind == "f" and not np.array_equal(label, np.round(label)):
         raise InputError(f"{path}: label map has non-integer values; give an integer label map")
-    values = np.unique(label) if label.dtype.itemsize > 1 else np.flatnonzero(np.bincount(label.ravel().view(np.uint8)))
+    values = (
+        np.unique(label)
+        if label.dtype.itemsize > 1
+        else np.flatnonzero(np.bincount(label.ravel().view(np.uint8)))
+    )
     if label.dtype.kind == "i" and values.size and values.min() < 0:
-        raise InputError(f"{path}: label map has negative values ({int(values.min())}); labels must be >= 0")
+        raise InputError(
+            f"{path}: label map has negative values ({int(values.min())}); labels must be >= 0"
+        )
     if values.size > MAX_LABEL_VALUES:
         raise InputError(
             f"{path}: {values.size} distinct values; this looks like an image, not a label map "

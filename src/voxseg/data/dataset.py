@@ -59,7 +59,9 @@ def crop_patch(
     return image, label
 
 
-def _centre(case: PreparedCase, rng: np.random.Generator, size: Shape3, foreground: bool) -> np.ndarray:
+def _centre(
+    case: PreparedCase, rng: np.random.Generator, size: Shape3, foreground: bool
+) -> np.ndarray:
     if foreground and len(case.foreground):
         return case.foreground[rng.integers(len(case.foreground))].astype(np.int64)
     shape = np.asarray(case.image.shape)
@@ -69,7 +71,9 @@ def _centre(case: PreparedCase, rng: np.random.Generator, size: Shape3, foregrou
     return rng.integers(lo, hi)
 
 
-def _augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _augment(
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Left-right flip (kidneys come in pairs) and a mild intensity jitter."""
     if rng.random() < 0.5:
         image, label = image[..., ::-1], label[..., ::-1]
@@ -100,7 +104,9 @@ def epoch_batches(
             else:
                 case = cases[rng.integers(len(cases))]
                 fg = rng.random() < cfg.foreground_oversample
-                image, label = crop_patch(case, _centre(case, rng, cfg.patch_size, fg), cfg.patch_size, pad_value)
+                image, label = crop_patch(
+                    case, _centre(case, rng, cfg.patch_size, fg), cfg.patch_size, pad_value
+                )
             if cfg.augment:
                 image, label = _augment(image, label, rng)
             images.append(image)

@@ -171,11 +171,15 @@ def split_cases(
         unknown = wanted - {c.case_id for c in cases}
         if unknown:
             raise ConfigError(f"--val-cases: unknown case ids {sorted(unknown)}")
-        return [c for c in cases if c.case_id not in wanted], [c for c in cases if c.case_id in wanted]
+        return [c for c in cases if c.case_id not in wanted], [
+            c for c in cases if c.case_id in wanted
+        ]
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"--val-fraction {val_fraction}: must be in [0, 1)")
     order = list(cases)
     random.Random(seed).shuffle(order)
     n_val = max(1, round(len(order) * val_fraction)) if val_fraction > 0 and len(order) > 1 else 0
     val_ids = {c.case_id for c in order[:n_val]}
-    return [c for c in cases if c.case_id not in val_ids], [c for c in cases if c.case_id in val_ids]
+    return [c for c in cases if c.case_id not in val_ids], [
+        c for c in cases if c.case_id in val_ids
+    ]

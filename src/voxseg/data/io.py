@@ -134,6 +134,8 @@ def read_info(path: str | Path) -> ImageInfo:
         origin=tuple(float(o) for o in reader.GetOrigin()[:3]),
         direction=_direction3(reader.GetDirection()),
     )
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        check_nifti(path, finite=False)  # cheap: header and gzip trailer only
     dtype = sitk.GetPixelIDValueAsString(reader.GetPixelID())
     return ImageInfo(path, geometry, _DTYPES.get(dtype, dtype))
 
@@ -243,8 +245,8 @@ def write_image(
     return path
 
 
-def write_mask(path: str | Path, mask: np.ndarray, geometry: Geometry, *,
-               overwrite: bool = False) -> Path:
+def write_mask(
+    path: str | Path, mask: np.ndarray, geometry: Geometry, *, overwrite: bool = False
+) -> Path:
     """A binary mask as uint8 {0, 1} on exactly `geometry`."""
-    return write_image(path, (np.asarray(mask) > 0).astype(np.uint8), geometry,
-                       overwrite=overwrite)
+    return write_image(path, (np.asarray(mask) > 0).astype(np.uint8), geometry, overwrite=overwrite)

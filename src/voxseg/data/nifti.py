@@ -24,8 +24,12 @@ def _open(path: Path):
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
-def check_nifti(path: Path) -> None:
-    """Raise InputError if the voxel data is short or holds NaN/inf (NIfTI-1 only)."""
+def check_nifti(path: Path, *, finite: bool = True) -> None:
+    """Raise InputError if the voxel data is short or (with `finite`) holds NaN/inf.
+
+    The size check reads only the header and the gzip trailer; the NaN check streams the data.
+    NIfTI-1 only.
+    """
     with _open(path) as fh:
         header = fh.read(348)
     if len(header) < 348:
@@ -47,7 +51,7 @@ def check_nifti(path: Path) -> None:
             f"{path}: header promises {expected} bytes but the file holds {actual}; "
             "the file is truncated, re-download or re-export it"
         )
-    if datatype in _FLOAT_TYPES:
+    if finite and datatype in _FLOAT_TYPES:
         _check_finite(path, vox_offset, n_voxels, np.dtype(endian + _FLOAT_TYPES[datatype]))
 
 

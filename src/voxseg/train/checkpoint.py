@@ -57,7 +57,9 @@ def load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, to
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a valid safetensors file ({exc}); retrain or re-download it") from exc
+        raise ConfigError(
+            f"{path}: not a valid safetensors file ({exc}); retrain or re-download it"
+        ) from exc
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -78,10 +80,14 @@ def load_model_weights(path: Path, model: nn.Module, expected_sha256: str | None
     try:
         unwrap(model).load_state_dict(tensors)
     except RuntimeError as exc:
-        raise ConfigError(f"{path}: weights do not fit the model in config.json ({str(exc).splitlines()[0]})") from exc
+        raise ConfigError(
+            f"{path}: weights do not fit the model in config.json ({str(exc).splitlines()[0]})"
+        ) from exc
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_tensors(
+    optimizer: torch.optim.Optimizer,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split an optimizer state dict into tensors (safetensors) and plain values (JSON)."""
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -95,7 +101,9 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
     return tensors, plain
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], plain: dict) -> None:
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], plain: dict
+) -> None:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         pid, name = key.split(".", 1)

@@ -85,7 +85,9 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.99, nesterov=True, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=0.99, nesterov=True, weight_decay=cfg.weight_decay
+    )
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,13 @@ def validate(
     losses = []
     for i, case in enumerate(cases):
         prob = predict_probabilities(
-            model, case.image, patch_size=config.train.patch_size, overlap=0.25,
-            device=device, amp=amp, pad_value=pad_value,
+            model,
+            case.image,
+            patch_size=config.train.patch_size,
+            overlap=0.25,
+            device=device,
+            amp=amp,
+            pad_value=pad_value,
         )
         target = np.asarray(case.label, dtype=bool)
         pred = prob >= 0.5
@@ -145,11 +152,20 @@ def _write_metrics(run_dir: Path, history: list[EpochRecord]) -> None:
     cols = list(EpochRecord.__dataclass_fields__)
     lines = [",".join(cols)]
     for rec in history:
-        lines.append(",".join(f"{getattr(rec, c):.6g}" if isinstance(getattr(rec, c), float) else str(getattr(rec, c)) for c in cols))
+        lines.append(
+            ",".join(
+                f"{getattr(rec, c):.6g}"
+                if isinstance(getattr(rec, c), float)
+                else str(getattr(rec, c))
+                for c in cols
+            )
+        )
     write_text(run_dir / METRICS, "\n".join(lines) + "\n")
 
 
-def _save_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
+def _save_state(
+    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState
+) -> None:
     tensors, plain = ckpt.optimizer_tensors(optimizer)
     tensors["rng.torch"] = torch.get_rng_state()
     state.files[LAST] = ckpt.save_model(run_dir / LAST, model)
@@ -191,7 +207,7 @@ def train(
     reduce_counts: Callable[[np.ndarray], np.ndarray] | None = None,
     should_stop: Callable[[bool], bool] | None = None,
 ) -> TrainState:
-    """Train `model` in place; on return it holds the best weights (early stopping restores them)."""
+    """Train `model` in place; on return it holds the best epoch's weights."""
     tc = config.train
     is_main = rank == 0
     optimizer = build_optimizer(model, tc)
@@ -202,8 +218,14 @@ def train(
     amp = autocast_dtype(tc.precision, device)
     pad = pad_value_for(config)
     sampler = SamplerConfig(
-        batch_size=tc.batch_size, patch_size=tc.patch_size, foreground_oversample=tc.foreground_oversample,
-        augment=tc.augment, seed=tc.seed, steps_per_epoch=tc.steps_per_epoch, rank=rank, world_size=world_size,
+        batch_size=tc.batch_size,
+        patch_size=tc.patch_size,
+        foreground_oversample=tc.foreground_oversample,
+        augment=tc.augment,
+        seed=tc.seed,
+        steps_per_epoch=tc.steps_per_epoch,
+        rank=rank,
+        world_size=world_size,
     )
     n_steps = steps_in_epoch(len(train_cases), sampler)
     total_steps = tc.epochs * n_steps
@@ -246,9 +268,19 @@ def train(
             dt = time.monotonic() - ts
             step_seconds = dt if step_seconds is None else 0.8 * step_seconds + 0.2 * dt
             if on_progress and is_main:
-                remaining = min((total_steps - state.step) * step_seconds, budget - (time.monotonic() - started))
-                on_progress(Progress(epoch, i + 1, n_steps, float(np.mean(losses[-20:])),
-                                     state.history[-1].val_dice if state.history else None, remaining))
+                remaining = min(
+                    (total_steps - state.step) * step_seconds, budget - (time.monotonic() - started)
+                )
+                on_progress(
+                    Progress(
+                        epoch,
+                        i + 1,
+                        n_steps,
+                        float(np.mean(losses[-20:])),
+                        state.history[-1].val_dice if state.history else None,
+                        remaining,
+                    )
+                )
         if not losses:
             break
         tv = time.monotonic()
@@ -259,9 +291,17 @@ def train(
             dice = dice_from_counts(reduce_counts(val.counts))
         state.epoch = epoch
         state.elapsed = time.monotonic() - started
-        state.history.append(EpochRecord(epoch, len(losses), float(np.mean(losses)),
-                                         val.loss if val else float("nan"), dice if val else float("nan"),
-                                         lr, time.monotonic() - t0))
+        state.history.append(
+            EpochRecord(
+                epoch,
+                len(losses),
+                float(np.mean(losses)),
+                val.loss if val else float("nan"),
+                dice if val else float("nan"),
+                lr,
+                time.monotonic() - t0,
+            )
+        )
         if dice > state.best_dice:
             state.best_dice, state.best_epoch, state.bad_epochs = dice, epoch, 0
             if is_main:
@@ -269,9 +309,15 @@ def train(
         else:
             state.bad_epochs += 1
             if tc.patience and state.bad_epochs >= tc.patience:
-                state.stopped = f"early stopping (no better validation Dice for {tc.patience} epochs)"
+                state.stopped = (
+                    f"early stopping (no better validation Dice for {tc.patience} epochs)"
+                )
         if on_progress and is_main:
-            on_progress(Progress(epoch, len(losses), n_steps, float(np.mean(losses)), dice if val else None, None))
+            on_progress(
+                Progress(
+                    epoch, len(losses), n_steps, float(np.mean(losses)), dice if val else None, None
+                )
+            )
         if is_main:
             _save_state(run_dir, model, optimizer, state)
             _write_metrics(run_dir, state.history)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from voxseg.config import ModelConfig, PreprocessConfig, RunConfig, TrainConfig
+from voxseg.config import ModelConfig, RunConfig, TrainConfig
 from voxseg.data.discovery import Case
 from voxseg.data.io import read_image, read_info
 from voxseg.geometry import Reorientation
@@ -48,7 +48,9 @@ def intensity_stats(cases: Sequence[Case], foreground, max_cases: int = 8, seed:
         label, _ = read_image(case.label)
         values = image[binary_target(label, foreground) > 0]
         if values.size:
-            samples.append(rng.choice(values, min(values.size, 20_000), replace=False).astype(np.float64))
+            samples.append(
+                rng.choice(values, min(values.size, 20_000), replace=False).astype(np.float64)
+            )
     if not samples:
         return None
     v = np.concatenate(samples)
@@ -56,7 +58,9 @@ def intensity_stats(cases: Sequence[Case], foreground, max_cases: int = 8, seed:
     return float(lo), float(hi), float(v.mean()), float(v.std())
 
 
-def measure_throughput(model_cfg: ModelConfig, device: torch.device, precision: str, side: int = 48) -> float:
+def measure_throughput(
+    model_cfg: ModelConfig, device: torch.device, precision: str, side: int = 48
+) -> float:
     """Training voxels per second of one step on this machine (two timed steps after a warm-up)."""
     from voxseg.inference import autocast, autocast_dtype
     from voxseg.models import build_model
@@ -107,7 +111,12 @@ def plan_default(
     pre = base.preprocess
     if stats:
         lo, hi, mean, std = stats
-        pre = replace(pre, window=(round(lo, 1), round(hi, 1)), mean=round(mean, 2), std=round(max(std, 1.0), 2))
+        pre = replace(
+            pre,
+            window=(round(lo, 1), round(hi, 1)),
+            mean=round(mean, 2),
+            std=round(max(std, 1.0), 2),
+        )
     else:
         notes.append("no foreground found in the sampled cases: default kidney HU window kept")
 
@@ -148,12 +157,25 @@ def seed_preset(base: RunConfig | None = None) -> RunConfig:
     base = base or RunConfig()
     return replace(
         base,
-        preprocess=replace(base.preprocess, mode="shape", shape=(128, 128, 128), spacing=None, crop_body=False),
+        preprocess=replace(
+            base.preprocess, mode="shape", shape=(128, 128, 128), spacing=None, crop_body=False
+        ),
         model=ModelConfig(name="seed"),
         train=TrainConfig(
-            epochs=20, batch_size=4, lr=1e-3, optimizer="adam", schedule="constant", loss="bce",
-            patch_size=None, augment=False, patience=3, foreground_oversample=0.0,
-            val_fraction=base.train.val_fraction, val_cases=base.train.val_cases, seed=base.train.seed,
-            max_minutes=base.train.max_minutes, precision=base.train.precision,
+            epochs=20,
+            batch_size=4,
+            lr=1e-3,
+            optimizer="adam",
+            schedule="constant",
+            loss="bce",
+            patch_size=None,
+            augment=False,
+            patience=3,
+            foreground_oversample=0.0,
+            val_fraction=base.train.val_fraction,
+            val_cases=base.train.val_cases,
+            seed=base.train.seed,
+            max_minutes=base.train.max_minutes,
+            precision=base.train.precision,
         ),
     )

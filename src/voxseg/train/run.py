@@ -79,9 +79,15 @@ def apply_overrides(config: RunConfig, o: TrainOptions) -> RunConfig:
     if o.spacing is not None:
         p = replace(p, mode="spacing", spacing=tuple(o.spacing), shape=None)
     changes = {
-        "epochs": o.epochs, "batch_size": o.batch_size, "lr": o.lr, "loss": o.loss,
-        "val_fraction": o.val_fraction, "patience": o.patience, "max_minutes": o.max_minutes,
-        "steps_per_epoch": o.steps_per_epoch, "precision": o.precision,
+        "epochs": o.epochs,
+        "batch_size": o.batch_size,
+        "lr": o.lr,
+        "loss": o.loss,
+        "val_fraction": o.val_fraction,
+        "patience": o.patience,
+        "max_minutes": o.max_minutes,
+        "steps_per_epoch": o.steps_per_epoch,
+        "precision": o.precision,
     }
     t = replace(t, seed=o.seed, **{k: v for k, v in changes.items() if v is not None})
     if o.val_cases:
@@ -89,13 +95,17 @@ def apply_overrides(config: RunConfig, o: TrainOptions) -> RunConfig:
     return replace(config, preprocess=p, train=t)
 
 
-def resolve_config(o: TrainOptions, cases, device: torch.device, log: Callable[[str], None]) -> RunConfig:
+def resolve_config(
+    o: TrainOptions, cases, device: torch.device, log: Callable[[str], None]
+) -> RunConfig:
     from voxseg.config import DataConfig
     from voxseg.train.plan import plan_default, seed_preset
 
     base = RunConfig(data=DataConfig(foreground=o.foreground))
     if o.preset not in (None, "seed", "default"):
-        raise ConfigError(f"--preset {o.preset!r}: choose 'seed' or leave it out for the planned default")
+        raise ConfigError(
+            f"--preset {o.preset!r}: choose 'seed' or leave it out for the planned default"
+        )
     if o.preset == "seed":
         config = seed_preset(base)
     else:
@@ -104,19 +114,27 @@ def resolve_config(o: TrainOptions, cases, device: torch.device, log: Callable[[
         if o.model == "seed" or (o.shape is not None and o.spacing is None):
             config = base  # explicit grid: nothing to plan
         else:
-            plan = plan_default(cases, foreground=o.foreground, max_minutes=o.max_minutes, device=device, base=base)
+            plan = plan_default(
+                cases, foreground=o.foreground, max_minutes=o.max_minutes, device=device, base=base
+            )
             for note in plan.notes:
                 log(f"plan: {note}")
             config = plan.config
     config = apply_overrides(config, o)
     if config.preprocess.mode == "shape" and config.preprocess.shape is None:
-        config = replace(config, preprocess=replace(config.preprocess, shape=(128, 128, 128), spacing=None))
+        config = replace(
+            config, preprocess=replace(config.preprocess, shape=(128, 128, 128), spacing=None)
+        )
     if config.preprocess.mode == "spacing" and config.train.patch_size is None:
-        raise ConfigError("resampling to a spacing needs patches; give --shape for whole-volume training")
+        raise ConfigError(
+            "resampling to a spacing needs patches; give --shape for whole-volume training"
+        )
     return config
 
 
-def prepare_cases(cases, config: RunConfig, cache_dir: Path | None, advance: Callable[[], None]) -> list[PreparedCase]:
+def prepare_cases(
+    cases, config: RunConfig, cache_dir: Path | None, advance: Callable[[], None]
+) -> list[PreparedCase]:
     out = []
     for case in cases:
         out.append(load_or_prepare(case, config.preprocess, config.data.foreground, cache_dir))
@@ -125,7 +143,7 @@ def prepare_cases(cases, config: RunConfig, cache_dir: Path | None, advance: Cal
 
 
 def run_training(o: TrainOptions, ui) -> tuple[RunConfig, TrainState]:
-    """The whole `voxseg train` job; `ui` supplies `log(str)`, `task(name, total)` and `progress`."""
+    """The whole `voxseg train` job; `ui` gives `log(str)`, `task(name, total)`, `progress`."""
     from voxseg.models import build_model
 
     device = resolve_device(o.device)
@@ -138,11 +156,19 @@ def run_training(o: TrainOptions, ui) -> tuple[RunConfig, TrainState]:
     else:
         config = resolve_config(o, require_labelled(dataset, 2), device, ui.log)
         config.save(o.out / CONFIG)
-    labelled = require_labelled(dataset, 2 if config.train.val_fraction > 0 or config.train.val_cases else 1)
-    train_cases, val_cases = split_cases(
-        labelled, val_fraction=config.train.val_fraction, val_cases=config.train.val_cases, seed=config.train.seed
+    labelled = require_labelled(
+        dataset, 2 if config.train.val_fraction > 0 or config.train.val_cases else 1
     )
-    ui.log(f"{len(train_cases)} training and {len(val_cases)} validation cases from {dataset.root} ({dataset.layout})")
+    train_cases, val_cases = split_cases(
+        labelled,
+        val_fraction=config.train.val_fraction,
+        val_cases=config.train.val_cases,
+        seed=config.train.seed,
+    )
+    ui.log(
+        f"{len(train_cases)} training and {len(val_cases)} validation cases "
+        f"from {dataset.root} ({dataset.layout})"
+    )
     cache_dir = o.cache_dir or default_cache_dir()
     advance = ui.task("preparing cases", len(labelled))
     prepared = prepare_cases([*train_cases, *val_cases], config, cache_dir, advance)
@@ -153,8 +179,16 @@ def run_training(o: TrainOptions, ui) -> tuple[RunConfig, TrainState]:
     grid = config.train.patch_size or config.preprocess.shape
     model.check_shape(tuple(grid))
     model.to(device)
-    state = train(model, config, train_prepared, val_prepared, o.out, device=device, resume=o.resume,
-                  on_progress=ui.progress)
+    state = train(
+        model,
+        config,
+        train_prepared,
+        val_prepared,
+        o.out,
+        device=device,
+        resume=o.resume,
+        on_progress=ui.progress,
+    )
     from voxseg.report import plot_curves
 
     plot_curves(state.history, o.out / "curves.png")

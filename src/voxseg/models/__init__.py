@@ -1,0 +1,35 @@
+"""Model registry. Every model maps (N, 1, D, H, W) float input to (N, 1, D, H, W) logits
+(apply a sigmoid at inference), has a `divisor` that spatial sizes must be multiples of, and a
+`check_shape(shape)` that raises InputError naming the nearest valid sizes."""
+
+from __future__ import annotations
+
+import inspect
+
+from torch import nn
+
+from voxseg.errors import ConfigError
+from voxseg.models.seed_cnn import SeedCNN, SeedFast, fuse_seed
+from voxseg.models.unet3d import UNet3D
+
+_REGISTRY: dict[str, type[nn.Module]] = {"unet": UNet3D, "seed": SeedCNN}
+
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+"""Names `build_model` accepts; the first is the default."""
+
+__all__ = ["MODEL_NAMES", "SeedCNN", "SeedFast", "UNet3D", "build_model", "fuse_seed"]
+
+
+def build_model(name: str, **options: object) -> nn.Module:
+    """Build the registered model `name` with keyword `options` (see each class's __init__)."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    cls = _REGISTRY[name]
+    valid = tuple(inspect.signature(cls).parameters)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"model {name!r} has no option {', '.join(unknown)}; "
+            f"valid options: {', '.join(valid) or '(none)'}"
+        )
+    return cls(**options)

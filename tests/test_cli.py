@@ -1,0 +1,219 @@
+"""Every user error through the CLI: exit 2, one line naming the file and the fix, no traceback."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from typer.testing import CliRunner
+
+from tests.conftest import blob_case, geometry_for, write_case
+from voxseg.cli import app
+from voxseg.data.io import write_image
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_user_error(result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], (
+        result.stderr
+    )  # progress lines may precede it
+    for needle in needles:
+        assert needle in errors[0], (needle, result.stderr)
+
+
+def test_help_lists_commands():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for cmd in ("synth", "info", "summary", "train", "predict", "evaluate", "report", "demo"):
+        assert cmd in result.output
+
+
+def test_info_reports_cases(kits_tiny: Path):
+    result = invoke("info", kits_tiny)
+    assert result.exit_code == 0, result.output
+    assert "4 cases (3 labelled, 1 unlabelled)" in " ".join(result.output.split())
+    assert "IPL" in result.output
+
+
+def test_info_json(kits_tiny: Path):
+    import json
+
+    result = invoke("info", kits_tiny, "--json")
+    data = json.loads(result.stdout)
+    assert data["cases"] == 4 and data["layout"] == "kits19"
+    assert data["rows"][0]["label_values"] == [0, 1, 2]
+
+
+def _corrupt(root: Path, kind: str) -> Path:
+    """Break one case of a valid KiTS folder; returns the file that is broken."""
+    case = root / "case_00001"
+    img, seg = case / "imaging.nii.gz", case / "segmentation.nii.gz"
+    image, label = blob_case(seed=1)
+    g = geometry_for(image.shape)
+    if kind == "random_bytes":
+        img.write_bytes(np.random.default_rng(0).bytes(2000))
+        return img
+    if kind == "truncated_gzip":
+        img.write_bytes(img.read_bytes()[:100])
+        return img
+    if kind == "short_data":
+        raw = gzip.decompress(img.read_bytes())
+        img.write_bytes(gzip.compress(raw[:-500]))
+        return img
+    if kind == "image_2d":
+        img.unlink()
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((5, 6), np.int16)), str(img))
+        return img
+    if kind == "image_4d":
+        img.unlink()
+        nib.save(nib.Nifti1Image(np.zeros((4, 5, 6, 2), np.int16), np.eye(4)), img)
+        return img
+    if kind == "nan":
+        img.unlink()
+        a = image.astype(np.float32)
+        a[2, 3, 4] = np.nan
+        nib.save(nib.Nifti1Image(a, np.eye(4)), img)
+        return img
+    if kind == "shape_mismatch":
+        seg.unlink()
+        write_image(seg, label[:-2], geometry_for(label[:-2].shape))
+        return seg
+    if kind == "spacing_mismatch":
+        seg.unlink()
+        write_image(seg, label, geometry_for(label.shape, spacing=(5.0, 1.2, 0.8)))
+        return seg
+    if kind == "label_values":
+        seg.unlink()
+        write_image(seg, np.random.default_rng(0).integers(0, 300, label.shape).astype(np.int64), g)
+        return seg
+    if kind == "unreadable":
+        img.chmod(0)
+        return img
+    raise ValueError(kind)
+
+
+BAD = [
+    "random_bytes",
+    "truncated_gzip",
+    "short_data",
+    "image_2d",
+    "image_4d",
+    "shape_mismatch",
+    "spacing_mismatch",
+    "label_values",
+    "unreadable",
+]
+
+
+@pytest.mark.parametrize("kind", BAD)
+def test_info_on_a_broken_case(kits_tiny: Path, kind: str):
+    import os
+
+    if kind == "unreadable" and os.geteuid() == 0:
+        pytest.skip("root reads files regardless of permissions")
+    bad = _corrupt(kits_tiny, kind)
+    assert_user_error(invoke("info", kits_tiny), str(bad))
+
+
+@pytest.mark.parametrize("kind", [*BAD, "nan"])
+def test_train_on_a_broken_case(tmp_path: Path, kits_tiny: Path, kind: str):
+    """Training reads every voxel, so NaN/inf is caught too; nothing is left in the run folder."""
+    import os
+
+    if kind == "unreadable" and os.geteuid() == 0:
+        pytest.skip("root reads files regardless of permissions")
+    bad = _corrupt(kits_tiny, kind)
+    run = tmp_path / "run"
+    result = invoke(
+        "train",
+        "--data",
+        kits_tiny,
+        "--out",
+        run,
+        "--model",
+        "seed",
+        "--shape",
+        "16",
+        "16",
+        "16",
+        "--epochs",
+        "1",
+        "--cache",
+        tmp_path / "cache",
+    )
+    assert_user_error(result, str(bad))
+    assert not (run / "model.safetensors").exists()
+
+
+def test_missing_and_empty_folders(tmp_path: Path):
+    assert_user_error(invoke("info", tmp_path / "nope"), "no such file")
+    (tmp_path / "empty").mkdir()
+    assert_user_error(invoke("info", tmp_path / "empty"), "no cases found")
+
+
+def test_synth_refuses_to_overwrite(tmp_path: Path):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert_user_error(
+        invoke("synth", "--out", out, "--cases", "1", "--shape", "16", "16", "16"), "--overwrite"
+    )
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_train_refuses_existing_run_and_bad_names(tmp_path: Path, kits_tiny: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    assert_user_error(invoke("train", "--data", kits_tiny, "--out", run), "--overwrite")
+    assert (run / "config.json").read_text() == "{}"
+    assert_user_error(
+        invoke("train", "--data", kits_tiny, "--out", tmp_path / "r2", "--model", "nope"),
+        "seed",
+        "unet",
+    )
+    assert_user_error(invoke("summary", "--model", "nope"), "valid names")
+
+
+def test_predict_refuses_pickled_weights(tmp_path: Path, kits_tiny: Path):
+    import torch
+
+    from voxseg.config import RunConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    RunConfig().save(run / "config.json")
+    torch.save({"x": torch.zeros(1)}, run / "model.safetensors")
+    assert_user_error(
+        invoke("predict", "--model", run, "--input", kits_tiny, "--output", tmp_path / "o"),
+        "pickle",
+    )
+
+
+def test_evaluate_mismatched_grid(tmp_path: Path):
+    image, label = blob_case()
+    write_case(tmp_path / "gt" / "case_00000", image, label, geometry_for(image.shape))
+    write_image(
+        tmp_path / "pred" / "case_00000.nii.gz", label, geometry_for(label.shape, spacing=(1, 1, 1))
+    )
+    assert_user_error(
+        invoke("evaluate", "--pred", tmp_path / "pred", "--gt", tmp_path / "gt"), "case_00000"
+    )
+
+
+def test_debug_shows_the_traceback(tmp_path: Path):
+    result = invoke("--debug", "info", tmp_path / "nope")
+    assert result.exit_code != 0 and result.exception is not None

@@ -1,0 +1,133 @@
+"""Masks land on the input's exact grid, whatever its orientation, and agree across orientations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from tests.conftest import IDENTITY, IPL, blob_case, geometry_for, oblique_direction
+from voxseg.config import ModelConfig, PreprocessConfig, RunConfig, TrainConfig
+from voxseg.data.io import read_image, write_image
+from voxseg.errors import OutputExistsError
+from voxseg.models import build_model
+from voxseg.prediction import iter_predictions, load_predictor, predict
+from voxseg.train import checkpoint as ckpt
+
+SHAPE = (20, 28, 24)
+
+
+def _run_dir(root: Path, mode: str) -> Path:
+    """An untrained but deterministic run folder: the grid is what is under test, not skill."""
+    run = root / f"run_{mode}"
+    run.mkdir()
+    pre = PreprocessConfig(mode=mode, shape=(16, 16, 16), spacing=(2.0, 2.0, 2.0))
+    train = TrainConfig(patch_size=(16, 16, 16) if mode == "spacing" else None, precision="fp32")
+    config = RunConfig(
+        preprocess=pre, model=ModelConfig("unet", {"base_channels": 4, "depth": 2}), train=train
+    )
+    config.save(run / "config.json")
+    torch.manual_seed(0)
+    model = build_model("unet", base_channels=4, depth=2)
+    with torch.no_grad():  # bias the head so that bright tissue comes out as foreground
+        model.heads[0].bias.fill_(0.0)
+    ckpt.save_model(run / "model.safetensors", model)
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return {m: _run_dir(root, m) for m in ("shape", "spacing")}
+
+
+@pytest.mark.parametrize("mode", ["shape", "spacing"])
+@pytest.mark.parametrize(
+    "direction", [IPL, IDENTITY, oblique_direction(20)], ids=["IPL", "LPS", "oblique"]
+)
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_mask_lands_on_input_grid(tmp_path: Path, runs, mode, direction, suffix):
+    image, _ = blob_case(SHAPE)
+    g = geometry_for(SHAPE, spacing=(3.0, 0.9, 1.3), direction=direction)
+    src = write_image(tmp_path / f"scan{suffix}", image, g)
+    out = tmp_path / "mask.nii.gz"
+    [p] = predict(runs[mode], src, out, device="cpu")
+    mask, mg = read_image(out)
+    assert mask.dtype == np.uint8 and mask.shape == image.shape
+    assert set(np.unique(mask)) <= {0, 1}
+    assert mg.same_grid(g, atol=1e-5)
+    assert p.geometry == read_image(src)[1] and np.array_equal(p.mask, mask)
+    if suffix == ".nii.gz":
+        a, b = nib.load(src), nib.load(out)
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a.affine, b.affine, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["shape", "spacing"])
+def test_same_scan_as_ipl_and_ras_gives_the_same_mask(tmp_path: Path, runs, mode):
+    image, _ = blob_case(SHAPE)
+    g = geometry_for(SHAPE, spacing=(3.0, 0.9, 1.3), direction=IPL)
+    ipl = write_image(tmp_path / "ipl.nii.gz", image, g)
+    ras_img = sitk.DICOMOrient(sitk.ReadImage(str(ipl)), "RAS")
+    sitk.WriteImage(ras_img, str(tmp_path / "ras.nii.gz"))
+    assert nib.aff2axcodes(nib.load(tmp_path / "ras.nii.gz").affine) == ("R", "A", "S")
+    predict(runs[mode], ipl, tmp_path / "m_ipl.nii.gz", device="cpu")
+    predict(runs[mode], tmp_path / "ras.nii.gz", tmp_path / "m_ras.nii.gz", device="cpu")
+    m_ipl = sitk.ReadImage(str(tmp_path / "m_ipl.nii.gz"))
+    m_ras = sitk.ReadImage(str(tmp_path / "m_ras.nii.gz"))
+    a = sitk.GetArrayFromImage(sitk.DICOMOrient(m_ipl, "LPS"))
+    b = sitk.GetArrayFromImage(sitk.DICOMOrient(m_ras, "LPS"))
+    assert a.sum() > 0, "untrained model predicted nothing; the comparison would be vacuous"
+    dice = 2 * np.sum(a & b) / (a.sum() + b.sum())
+    assert dice >= 0.98
+
+
+def test_folder_prediction_names_skips_and_overwrite(tmp_path: Path, runs):
+    image, _ = blob_case(SHAPE)
+    g = geometry_for(SHAPE)
+    folder = tmp_path / "scans"
+    write_image(folder / "scan_7.nii.gz", image, g)
+    write_image(folder / "scan_8.nrrd", image, g)
+    out = tmp_path / "masks"
+    predictor = load_predictor(runs["spacing"], device="cpu")
+    done = list(iter_predictions(predictor, folder, out))
+    assert sorted(p.name for p in out.iterdir()) == ["scan_7.nii.gz", "scan_8.nii.gz"]
+    assert len(done) == 2
+    statuses = []
+    again = list(iter_predictions(predictor, folder, out, on_case=lambda c, s: statuses.append(s)))
+    assert again == [] and statuses == ["exists, skipped"] * 2
+    (out / "scan_8.nii.gz").write_bytes(b"garbage")  # a damaged output is redone
+    redone = list(iter_predictions(predictor, folder, out))
+    assert [p.case_id for p in redone] == ["scan_8"]
+
+
+def test_single_output_is_not_overwritten(tmp_path: Path, runs):
+    image, _ = blob_case(SHAPE)
+    src = write_image(tmp_path / "scan.nii.gz", image, geometry_for(SHAPE))
+    out = tmp_path / "mask.nii.gz"
+    out.write_bytes(b"precious")
+    with pytest.raises(OutputExistsError):
+        predict(runs["shape"], src, out, device="cpu")
+    assert out.read_bytes() == b"precious"
+
+
+def test_tta_and_keep_largest_keep_the_grid(tmp_path: Path, runs):
+    image, _ = blob_case(SHAPE)
+    g = geometry_for(SHAPE, direction=oblique_direction(10))
+    src = write_image(tmp_path / "scan.nii.gz", image, g)
+    [p] = predict(
+        runs["spacing"],
+        src,
+        tmp_path / "m.nii.gz",
+        device="cpu",
+        tta=True,
+        keep_largest=1,
+        probabilities=True,
+    )
+    assert p.mask.shape == SHAPE and p.probabilities.shape == SHAPE
+    prob, pg = read_image(tmp_path / "m_prob.nii.gz")
+    assert pg.same_grid(g, atol=1e-5) and prob.dtype == np.float32

@@ -1,0 +1,191 @@
+"""Synthetic CT: determinism, plausible HU and labels, KiTS19 layout on disk, real label maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from voxseg.data.io import read_image, write_image
+from voxseg.errors import ConfigError, InputError, OutputExistsError
+from voxseg.geometry import Geometry, Reorientation
+from voxseg.synth import SynthCase, paint_ct, random_case, write_dataset
+
+KITS_LABELS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kits19-labels"
+SMALL = (24, 32, 32)
+
+
+def _kidney_contrast(image: np.ndarray, label: np.ndarray) -> tuple[float, float]:
+    """Mean HU of kidney voxels and of the soft tissue (not fat, air or bone) around them."""
+    ring = ndimage.binary_dilation(label > 0, iterations=3) & (label == 0)
+    soft = ring & (image > -50) & (image < 300)
+    return float(image[label == 1].mean()), float(image[soft].mean())
+
+
+def _kits_label(case: str, step: tuple[int, int, int]) -> tuple[np.ndarray, Geometry]:
+    """A real KiTS19 label map subsampled in memory, with the geometry that goes with it."""
+    path = KITS_LABELS / case / "segmentation.nii.gz"
+    if not path.is_file():
+        pytest.skip(f"real KiTS19 labels not found at {path}")
+    label, geometry = read_image(path)
+    small = np.ascontiguousarray(label[:: step[0], :: step[1], :: step[2]])
+    spacing = tuple(d * k for d, k in zip(geometry.spacing, step, strict=True))
+    return small, Geometry(small.shape, spacing, geometry.origin, geometry.direction)
+
+
+def test_random_case_is_deterministic_per_seed():
+    a, b, c = random_case(3, SMALL), random_case(3, SMALL), random_case(4, SMALL)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
+    assert a.geometry == b.geometry
+    assert not np.array_equal(a.image, c.image)
+    assert not np.array_equal(a.label, c.label)
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 32), (16, 24, 24), SMALL])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_case_labels(shape, seed):
+    case = random_case(seed, shape)
+    assert isinstance(case, SynthCase)
+    assert case.label.dtype == np.uint8 and case.label.shape == shape
+    assert set(np.unique(case.label)) <= {0, 1, 2}
+    kidney = case.label == 1
+    half = shape[2] // 2  # canonical axis 2 runs right -> left: one kidney on each side
+    assert kidney[..., :half].any() and kidney[..., half:].any()
+    assert 0.003 < (case.label > 0).mean() < 0.05
+    # Still a few voxels thick in-plane at small grids: seen in its thickest axial slice.
+    assert kidney.sum(axis=(1, 2)).max() >= 16
+
+
+def test_random_case_default_shape():
+    case = random_case(0)
+    assert case.image.shape == case.label.shape == case.geometry.shape == (64, 64, 64)
+    assert case.geometry.spacing == (2.5, 1.6, 1.6)
+    assert case.geometry.orientation == "LPS"  # canonical: identity direction
+    centre = case.geometry.index_to_world() @ np.array([31.5, 31.5, 31.5, 1.0])
+    assert np.allclose(centre[:3], 0)
+    assert 0.005 < (case.label > 0).mean() < 0.03
+    kidney, soft = _kidney_contrast(case.image, case.label)
+    assert kidney > soft + 50
+
+
+def test_random_case_hounsfield_units():
+    case = random_case(1, SMALL)
+    image = case.image
+    assert image.dtype == np.int16
+    assert image.min() >= -1024 and image.max() <= 3071
+    corners = image[[0, -1]][:, [0, -1]][:, :, [0, -1]]
+    assert abs(float(corners.mean()) + 1000) < 30  # air
+    assert (image > 300).any()  # bone
+    kidney, soft = _kidney_contrast(image, case.label)
+    assert kidney > soft + 50
+
+
+def test_most_random_cases_have_one_tumour():
+    with_tumour = sum((random_case(seed, (16, 16, 16)).label == 2).any() for seed in range(20))
+    assert 12 <= with_tumour < 20
+
+
+def test_random_case_rejects_bad_grid():
+    with pytest.raises(ConfigError, match="shape"):
+        random_case(0, (4, 64, 64))
+    with pytest.raises(ConfigError, match="spacing"):
+        random_case(0, SMALL, (0.0, 1.0, 1.0))
+
+
+def test_paint_ct_keeps_shape_and_is_deterministic():
+    label = random_case(5, SMALL).label
+    before = label.copy()
+    image = paint_ct(label, (2.5, 1.6, 1.6), seed=7)
+    assert image.dtype == np.int16 and image.shape == label.shape
+    assert np.array_equal(image, paint_ct(label, (2.5, 1.6, 1.6), seed=7))
+    assert not np.array_equal(image, paint_ct(label, (2.5, 1.6, 1.6), seed=8))
+    assert np.array_equal(label, before)
+    kidney, soft = _kidney_contrast(image, label)
+    assert kidney > soft + 30
+
+
+def test_paint_ct_without_foreground():
+    image = paint_ct(np.zeros((12, 20, 20), dtype=np.uint8), (3.0, 2.0, 2.0), seed=0)
+    assert image.shape == (12, 20, 20) and image.dtype == np.int16
+    assert image.min() < -900 and image.max() > 0
+
+
+def test_paint_ct_on_real_label_follows_its_orientation():
+    # case_00023 is stored I,P,L: array axes are (left, posterior, inferior), 107 axial slices.
+    label, geometry = _kits_label("case_00023", (8, 8, 2))
+    image = paint_ct(label, geometry.spacing, seed=0, direction=geometry.direction_matrix)
+    assert image.shape == label.shape and image.dtype == np.int16
+    kidney, soft = _kidney_contrast(image, label)
+    assert kidney > soft + 30
+
+    reo = Reorientation.to_canonical(geometry)
+    img_c, lab_c = reo.apply(image), reo.apply(label)
+    _, dp, dl = (geometry.spacing[a] for a in reo.axes)
+    kid = np.argwhere(lab_c == 1)
+    bone = np.argwhere((img_c > 450) & (lab_c == 0))
+    # Spine: on the midline between the kidneys and at their depth, not beside or above them.
+    left, right = kid[kid[:, 2] > kid[:, 2].mean()], kid[kid[:, 2] <= kid[:, 2].mean()]
+    midline = (left[:, 2].mean() + right[:, 2].mean()) / 2
+    assert abs(np.median(bone[:, 2]) - midline) * dl < 20
+    assert abs(np.median(bone[:, 1]) - kid[:, 1].mean()) * dp < 40
+
+
+def _write_labels(root: Path, case: str, label: np.ndarray, geometry: Geometry) -> Path:
+    return write_image(root / case / "segmentation.nii.gz", label, geometry)
+
+
+def test_write_dataset_writes_kits_layout(tmp_path):
+    seen = []
+    out = tmp_path / "synth"
+    folders = write_dataset(out, 2, shape=SMALL, seed=10, progress=seen.append)
+    assert folders == [out / "case_00000", out / "case_00001"]
+    assert seen == [1, 2]
+    for i, folder in enumerate(folders):
+        image, image_geometry = read_image(folder / "imaging.nii.gz")
+        label, label_geometry = read_image(folder / "segmentation.nii.gz")
+        assert image.dtype == np.int16 and label.dtype == np.uint8
+        assert image_geometry.same_grid(label_geometry)
+        expected = random_case(10 + i, SMALL)
+        assert expected.geometry.same_grid(image_geometry)
+        assert np.array_equal(image, expected.image) and np.array_equal(label, expected.label)
+
+
+def test_write_dataset_refuses_non_empty_output(tmp_path):
+    out = tmp_path / "synth"
+    out.mkdir()
+    write_dataset(out, 1, shape=(16, 16, 16))  # an empty folder is fine
+    with pytest.raises(OutputExistsError, match="--overwrite") as caught:
+        write_dataset(out, 1, shape=(16, 16, 16), seed=1)
+    assert str(out) in str(caught.value) and "\n" not in str(caught.value)
+    write_dataset(out, 1, shape=(16, 16, 16), seed=1, overwrite=True)
+    assert np.array_equal(
+        read_image(out / "case_00000" / "segmentation.nii.gz")[0],
+        random_case(1, (16, 16, 16)).label,
+    )
+
+
+def test_write_dataset_paints_real_labels(tmp_path):
+    label, geometry = _kits_label("case_00023", (8, 8, 2))
+    assert label.dtype == np.uint16  # KiTS19 stores some cases as uint16: must survive
+    labels = tmp_path / "labels"
+    _write_labels(labels, "case_00023", label, geometry)
+    _, source_geometry = read_image(labels / "case_00023" / "segmentation.nii.gz")
+
+    (folder,) = write_dataset(tmp_path / "out", 1, labels_dir=labels)
+    out_label, out_geometry = read_image(folder / "segmentation.nii.gz")
+    image, image_geometry = read_image(folder / "imaging.nii.gz")
+    assert out_label.dtype == label.dtype and out_label.tobytes() == label.tobytes()
+    assert out_geometry.same_grid(source_geometry) and out_geometry.shape == label.shape
+    assert image.dtype == np.int16 and image_geometry.same_grid(out_geometry)
+
+
+def test_write_dataset_needs_enough_labels(tmp_path):
+    labels = tmp_path / "labels"
+    case = random_case(0, (16, 16, 16))
+    _write_labels(labels, "case_00000", case.label, case.geometry)
+    with pytest.raises(InputError, match="fewer"):
+        write_dataset(tmp_path / "out", 2, labels_dir=labels)
+    with pytest.raises(InputError, match="no such folder"):
+        write_dataset(tmp_path / "out", 1, labels_dir=tmp_path / "missing")
