@@ -109,7 +109,8 @@ def test_early_stopping_restores_best_epoch(tmp_path: Path, monkeypatch):
     dices = iter([0.5, 0.8, 0.6, 0.7, 0.4, 0.3])
 
     def fake_validate(model, *a, **k):
-        return loop.ValResult(0.1, next(dices), np.zeros((1, 3)))
+        d = next(dices)  # counts (tp, fp, fn) whose Dice 2tp / (2tp + fp + fn) is d
+        return loop.ValResult(0.1, d, np.array([[d, 2 * (1 - d), 0.0]]), np.zeros(1))
 
     snapshots = {}
     real_save = loop.ckpt.save_model

@@ -4,6 +4,8 @@ that `voxseg --help` stays instant."""
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -208,7 +210,8 @@ def main() -> None:
 class _TrainUI:
     """Rich progress for `voxseg train`: case preparation, then epoch/step/loss/Dice/time left."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -224,10 +227,13 @@ class _TrainUI:
             TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
             console=err_console,
+            disable=not enabled,
         )
         self.epoch_task = None
 
     def log(self, message: str) -> None:
+        if not self.enabled:
+            return
         self.bar.console.print(message, highlight=False)
 
     def task(self, name: str, total: int):
@@ -250,6 +256,31 @@ class _TrainUI:
             description=f"epoch {p.epoch}",
             info=f"loss {p.loss:.4f}  {dice}  {eta}",
         )
+
+
+def _launch_torchrun(nproc: int) -> int:
+    """Re-run this very command under torchrun on one machine (`--nproc` is a convenience)."""
+    import subprocess
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "voxseg",
+        *args,
+    ]
+    return subprocess.call(cmd)
 
 
 @app.command()
@@ -277,6 +308,9 @@ def train(
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
     lr: Annotated[float | None, typer.Option("--lr", min=0.0)] = None,
     loss: Annotated[str | None, typer.Option("--loss", help="bce or dice_bce.")] = None,
+    optimizer: Annotated[
+        str | None, typer.Option("--optimizer", help="adamw, adam or sgd.")
+    ] = None,
     val_fraction: Annotated[float | None, typer.Option("--val-fraction", min=0.0, max=0.9)] = None,
     val_cases: Annotated[
         str | None, typer.Option("--val-cases", help="Comma-separated case ids.")
@@ -301,10 +335,16 @@ def train(
     cache: Annotated[
         Path | None, typer.Option("--cache", help="Preprocessed-case cache folder.")
     ] = None,
+    nproc: Annotated[
+        int, typer.Option("--nproc", min=1, help="Processes on this machine (DDP via torchrun).")
+    ] = 1,
 ) -> None:
     """Train a model; with no options the recipe plans itself from the data and --max-minutes."""
     from voxseg.errors import ConfigError
     from voxseg.train.run import TrainOptions, run_training
+
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_launch_torchrun(nproc))
 
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; choose one")
@@ -319,6 +359,7 @@ def train(
         batch_size=batch_size,
         lr=lr,
         loss=loss,
+        optimizer=optimizer,
         val_fraction=val_fraction,
         val_cases=tuple(v.strip() for v in val_cases.split(",") if v.strip()) if val_cases else (),
         patience=patience,
@@ -332,9 +373,11 @@ def train(
         cache_dir=cache,
         precision=precision,
     )
-    ui = _TrainUI()
+    ui = _TrainUI(enabled=os.environ.get("RANK", "0") == "0")
     with ui.bar:
         config, state = run_training(options, ui)
+    if not ui.enabled:
+        return
     console.print(
         f"stopped: {state.stopped or 'done'}; best validation Dice {state.best_dice:.4f} at epoch "
         f"{state.best_epoch} of {state.epoch}; model in {out / 'model.safetensors'}"

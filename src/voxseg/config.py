@@ -105,6 +105,22 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def validate(self) -> RunConfig:
+        """Raise ConfigError for a value outside its Literal choices; return self."""
+        for section in (self.data, self.preprocess, self.model, self.train, self.infer):
+            hints = typing.get_type_hints(type(section))
+            for f in dataclasses.fields(section):
+                choices = (
+                    typing.get_args(hints[f.name])
+                    if typing.get_origin(hints[f.name]) is Literal
+                    else ()
+                )
+                value = getattr(section, f.name)
+                if choices and value not in choices:
+                    option = f.name.replace("_", "-")
+                    raise ConfigError(f"--{option} {value!r}: choose one of {', '.join(choices)}")
+        return self
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 

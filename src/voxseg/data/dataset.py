@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from voxseg.data.cache import PreparedCase
+from voxseg.errors import ConfigError
 from voxseg.geometry import Shape3
 
 
@@ -26,6 +27,7 @@ class Batch:
 @dataclass(frozen=True)
 class SamplerConfig:
     batch_size: int
+    """Global batch: split over `world_size` processes."""
     patch_size: Shape3 | None
     foreground_oversample: float
     augment: bool
@@ -38,7 +40,7 @@ class SamplerConfig:
 def steps_in_epoch(n_cases: int, cfg: SamplerConfig) -> int:
     if cfg.steps_per_epoch:
         return cfg.steps_per_epoch
-    return max(1, -(-n_cases // (cfg.batch_size * cfg.world_size)))
+    return max(1, -(-n_cases // cfg.batch_size))
 
 
 def crop_patch(
@@ -82,23 +84,38 @@ def _augment(
     return image * scale + shift, label
 
 
+def rank_slice(batch_size: int, rank: int, world_size: int) -> range:
+    """Indices of the global batch that this rank computes (the global batch is split evenly)."""
+    if batch_size % world_size:
+        raise ConfigError(
+            f"batch size {batch_size} does not split over {world_size} processes; "
+            f"use a multiple of {world_size}"
+        )
+    per_rank = batch_size // world_size
+    return range(rank * per_rank, (rank + 1) * per_rank)
+
+
 def epoch_batches(
     cases: Sequence[PreparedCase], epoch: int, cfg: SamplerConfig, pad_value: float
 ) -> Iterator[Batch]:
-    """The batches of one epoch for this rank."""
+    """This rank's share of each global batch of one epoch.
+
+    Sample i of step s is drawn from its own generator seeded by (seed, epoch, s, i), so the
+    global batch is the same whatever the number of processes: 2 ranks together see exactly
+    what 1 process sees, and a run may resume with a different number of processes.
+    """
     n_steps = steps_in_epoch(len(cases), cfg)
-    order_rng = np.random.default_rng([cfg.seed, epoch, 0])
+    mine = rank_slice(cfg.batch_size, cfg.rank, cfg.world_size)
     if cfg.patch_size is None:
-        per_step = cfg.batch_size * cfg.world_size
-        order = np.concatenate(
-            [order_rng.permutation(len(cases)) for _ in range(-(-n_steps * per_step // len(cases)))]
-        )
+        order_rng = np.random.default_rng([cfg.seed, epoch, 0])
+        rounds = -(-n_steps * cfg.batch_size // len(cases))
+        order = np.concatenate([order_rng.permutation(len(cases)) for _ in range(rounds)])
     for step in range(n_steps):
-        rng = np.random.default_rng([cfg.seed, epoch, step + 1, cfg.rank])
         images, labels = [], []
-        for i in range(cfg.batch_size):
+        for i in mine:
+            rng = np.random.default_rng([cfg.seed, epoch, step + 1, i])
             if cfg.patch_size is None:
-                case = cases[order[(step * cfg.world_size + cfg.rank) * cfg.batch_size + i]]
+                case = cases[order[step * cfg.batch_size + i]]
                 image = np.asarray(case.image, dtype=np.float32)
                 label = np.asarray(case.label, dtype=np.float32)
             else:

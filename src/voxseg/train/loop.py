@@ -24,6 +24,8 @@ from voxseg.errors import ConfigError
 from voxseg.inference import autocast, autocast_dtype, predict_probabilities
 from voxseg.losses import build_loss, deep_supervision_loss
 from voxseg.train import checkpoint as ckpt
+from voxseg.train.checkpoint import unwrap
+from voxseg.train.distributed import DistContext, all_sum, any_rank, barrier
 
 BEST = "model.safetensors"
 LAST = "last.safetensors"
@@ -97,6 +99,8 @@ class ValResult:
     """Mean over validation cases of per-case Dice (computed from summed confusion counts)."""
     counts: np.ndarray
     """(n_cases, 3) true positives, false positives, false negatives."""
+    losses: np.ndarray
+    """Per-case validation loss."""
 
 
 def validate(
@@ -128,7 +132,31 @@ def validate(
         soft = 2 * float(np.sum(prob * target)) / (float(prob.sum()) + float(target.sum()) + 1e-5)
         losses.append(bce + (1 - soft) if config.train.loss == "dice_bce" else bce)
     model.train()
-    return ValResult(float(np.mean(losses)) if losses else 0.0, dice_from_counts(counts), counts)
+    losses = np.asarray(losses, dtype=np.float64)
+    return ValResult(
+        float(losses.mean()) if losses.size else 0.0, dice_from_counts(counts), counts, losses
+    )
+
+
+def validate_sharded(
+    model: nn.Module,
+    cases: Sequence[PreparedCase],
+    config: RunConfig,
+    amp: torch.dtype | None,
+    pad_value: float,
+    dist: DistContext,
+) -> ValResult:
+    """Each rank validates every world-size-th case; per-case confusion counts are summed
+    across ranks (never averaged Dice values), so every rank reaches the same decision."""
+    inner = unwrap(model)
+    mine = list(range(dist.rank, len(cases), dist.world_size))
+    local = validate(inner, [cases[i] for i in mine], config, dist.device, amp, pad_value)
+    counts = np.zeros((len(cases), 3))
+    losses = np.zeros(len(cases))
+    counts[mine] = local.counts
+    losses[mine] = local.losses
+    counts, losses = all_sum(dist, counts), all_sum(dist, losses)
+    return ValResult(float(losses.mean()), dice_from_counts(counts), counts, losses)
 
 
 def dice_from_counts(counts: np.ndarray) -> float:
@@ -202,14 +230,13 @@ def train(
     device: torch.device,
     resume: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    reduce_counts: Callable[[np.ndarray], np.ndarray] | None = None,
+    dist: DistContext | None = None,
     should_stop: Callable[[bool], bool] | None = None,
 ) -> TrainState:
     """Train `model` in place; on return it holds the best epoch's weights."""
     tc = config.train
-    is_main = rank == 0
+    dist = dist or DistContext(0, 1, device)
+    is_main = dist.is_main
     optimizer = build_optimizer(model, tc)
     state = load_state(run_dir, model, optimizer) if resume else TrainState()
     if state.stopped in (TIME_BUDGET, INTERRUPTED):
@@ -224,8 +251,8 @@ def train(
         augment=tc.augment,
         seed=tc.seed,
         steps_per_epoch=tc.steps_per_epoch,
-        rank=rank,
-        world_size=world_size,
+        rank=dist.rank,
+        world_size=dist.world_size,
     )
     n_steps = steps_in_epoch(len(train_cases), sampler)
     total_steps = tc.epochs * n_steps
@@ -237,7 +264,9 @@ def train(
 
     def out_of_time(extra: float = 0.0) -> bool:
         late = time.monotonic() - started + extra > budget
-        return should_stop(late) if should_stop else late
+        if should_stop:
+            late = should_stop(late)
+        return any_rank(dist, late) if budget < math.inf or should_stop else late
 
     while state.epoch < tc.epochs and not state.stopped:
         epoch = state.epoch + 1
@@ -284,11 +313,9 @@ def train(
         if not losses:
             break
         tv = time.monotonic()
-        val = validate(model, val_cases, config, device, amp, pad) if val_cases else None
+        val = validate_sharded(model, val_cases, config, amp, pad, dist) if val_cases else None
         val_seconds = time.monotonic() - tv
         dice = val.dice if val else -float(np.mean(losses))
-        if val is not None and reduce_counts is not None:
-            dice = dice_from_counts(reduce_counts(val.counts))
         state.epoch = epoch
         state.elapsed = time.monotonic() - started
         state.history.append(
@@ -325,6 +352,7 @@ def train(
         state.stopped = "epoch limit"
     if is_main:
         _save_state(run_dir, model, optimizer, state)
+    barrier(dist)  # rank 0 has written the best weights
     if (run_dir / BEST).is_file():
         ckpt.load_model_weights(run_dir / BEST, model)  # restore the best epoch's weights
     return state

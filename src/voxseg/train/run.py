@@ -12,6 +12,7 @@ from voxseg.config import ModelConfig, RunConfig
 from voxseg.data.cache import PreparedCase, default_cache_dir, load_or_prepare
 from voxseg.data.discovery import discover, require_labelled, split_cases
 from voxseg.errors import ConfigError, OutputExistsError
+from voxseg.train.distributed import DistContext, barrier, init_from_env, shutdown, wrap
 from voxseg.train.loop import BEST, CONFIG, LAST, METRICS, OPTIM, STATE, TrainState, train
 
 RUN_FILES = (BEST, LAST, OPTIM, STATE, CONFIG, METRICS, "curves.png")
@@ -29,6 +30,7 @@ class TrainOptions:
     batch_size: int | None = None
     lr: float | None = None
     loss: str | None = None
+    optimizer: str | None = None
     val_fraction: float | None = None
     val_cases: tuple[str, ...] = ()
     patience: int | None = None
@@ -83,6 +85,7 @@ def apply_overrides(config: RunConfig, o: TrainOptions) -> RunConfig:
         "batch_size": o.batch_size,
         "lr": o.lr,
         "loss": o.loss,
+        "optimizer": o.optimizer,
         "val_fraction": o.val_fraction,
         "patience": o.patience,
         "max_minutes": o.max_minutes,
@@ -120,7 +123,7 @@ def resolve_config(
             for note in plan.notes:
                 log(f"plan: {note}")
             config = plan.config
-    config = apply_overrides(config, o)
+    config = apply_overrides(config, o).validate()
     if config.preprocess.mode == "shape" and config.preprocess.shape is None:
         config = replace(
             config, preprocess=replace(config.preprocess, shape=(128, 128, 128), spacing=None)
@@ -143,19 +146,31 @@ def prepare_cases(
 
 
 def run_training(o: TrainOptions, ui) -> tuple[RunConfig, TrainState]:
-    """The whole `voxseg train` job; `ui` gives `log(str)`, `task(name, total)`, `progress`."""
+    """The whole `voxseg train` job; `ui` gives `log(str)`, `task(name, total)`, `progress`.
+
+    Under torchrun every process runs this; rank 0 plans, writes and logs, the others wait at
+    barriers and then read what rank 0 wrote, so all ranks train with one configuration.
+    """
     from voxseg.models import build_model
 
-    device = resolve_device(o.device)
-    prepare_run_dir(o.out, o.resume, o.overwrite)
+    dist = init_from_env(resolve_device(o.device))
+    try:
+        return _run(o, ui, dist, build_model)
+    finally:
+        shutdown()
+
+
+def _run(o: TrainOptions, ui, dist: DistContext, build_model) -> tuple[RunConfig, TrainState]:
+    log = ui.log if dist.is_main else (lambda _m: None)
     dataset = discover(o.data)
-    if o.resume:
-        config = RunConfig.load(o.out / CONFIG)
-        if o.max_minutes is not None:
-            config = replace(config, train=replace(config.train, max_minutes=o.max_minutes))
-    else:
-        config = resolve_config(o, require_labelled(dataset, 2), device, ui.log)
-        config.save(o.out / CONFIG)
+    if dist.is_main:  # the others read the configuration rank 0 resolved
+        prepare_run_dir(o.out, o.resume, o.overwrite)
+        if not o.resume:
+            resolve_config(o, require_labelled(dataset, 2), dist.device, log).save(o.out / CONFIG)
+    barrier(dist)
+    config = RunConfig.load(o.out / CONFIG)
+    if o.resume and o.max_minutes is not None:
+        config = replace(config, train=replace(config.train, max_minutes=o.max_minutes))
     labelled = require_labelled(
         dataset, 2 if config.train.val_fraction > 0 or config.train.val_cases else 1
     )
@@ -165,31 +180,38 @@ def run_training(o: TrainOptions, ui) -> tuple[RunConfig, TrainState]:
         val_cases=config.train.val_cases,
         seed=config.train.seed,
     )
-    ui.log(
+    log(
         f"{len(train_cases)} training and {len(val_cases)} validation cases "
         f"from {dataset.root} ({dataset.layout})"
+        + (f" on {dist.world_size} processes" if dist.active else "")
     )
     cache_dir = o.cache_dir or default_cache_dir()
-    advance = ui.task("preparing cases", len(labelled))
-    prepared = prepare_cases([*train_cases, *val_cases], config, cache_dir, advance)
+    cases = [*train_cases, *val_cases]
+    if dist.is_main:  # rank 0 fills the cache; the others then only memory-map it
+        prepared = prepare_cases(cases, config, cache_dir, ui.task("preparing cases", len(cases)))
+    barrier(dist)
+    if not dist.is_main:
+        prepared = prepare_cases(cases, config, cache_dir, lambda: None)
     train_prepared, val_prepared = prepared[: len(train_cases)], prepared[len(train_cases) :]
 
     torch.manual_seed(config.train.seed)
     model = build_model(config.model.name, **config.model.options)
     grid = config.train.patch_size or config.preprocess.shape
     model.check_shape(tuple(grid))
-    model.to(device)
+    model.to(dist.device)
     state = train(
-        model,
+        wrap(model, dist),
         config,
         train_prepared,
         val_prepared,
         o.out,
-        device=device,
+        device=dist.device,
         resume=o.resume,
         on_progress=ui.progress,
+        dist=dist,
     )
-    from voxseg.report import plot_curves
+    if dist.is_main:
+        from voxseg.report import plot_curves
 
-    plot_curves(state.history, o.out / "curves.png")
+        plot_curves(state.history, o.out / "curves.png")
     return config, state
