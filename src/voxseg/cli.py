@@ -3,6 +3,7 @@ that `voxseg --help` stays instant."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -258,6 +259,31 @@ class _TrainUI:
         )
 
 
+@contextlib.contextmanager
+def _graceful_interrupt(log: Callable[[str], None]):
+    """First Ctrl-C: finish the current step, save a resumable checkpoint. Second: abort."""
+    import signal
+    import threading
+
+    event = threading.Event()
+
+    def handler(signum, frame) -> None:
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+        log("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread (e.g. some test runners): no handler
+        yield event
+        return
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _launch_torchrun(nproc: int) -> int:
     """Re-run this very command under torchrun on one machine (`--nproc` is a convenience)."""
     import subprocess
@@ -374,8 +400,13 @@ def train(
         precision=precision,
     )
     ui = _TrainUI(enabled=os.environ.get("RANK", "0") == "0")
-    with ui.bar:
-        config, state = run_training(options, ui)
+    with ui.bar, _graceful_interrupt(ui.log) as interrupt:
+        config, state = run_training(options, ui, interrupt)
+    if state.stopped == "interrupted":
+        err_console.print(
+            f"interrupted; continue with: voxseg train --data {data} --out {out} --resume"
+        )
+        raise typer.Exit(130)
     if not ui.enabled:
         return
     console.print(

@@ -96,7 +96,11 @@ def rank_slice(batch_size: int, rank: int, world_size: int) -> range:
 
 
 def epoch_batches(
-    cases: Sequence[PreparedCase], epoch: int, cfg: SamplerConfig, pad_value: float
+    cases: Sequence[PreparedCase],
+    epoch: int,
+    cfg: SamplerConfig,
+    pad_value: float,
+    start: int = 0,
 ) -> Iterator[Batch]:
     """This rank's share of each global batch of one epoch.
 
@@ -110,7 +114,7 @@ def epoch_batches(
         order_rng = np.random.default_rng([cfg.seed, epoch, 0])
         rounds = -(-n_steps * cfg.batch_size // len(cases))
         order = np.concatenate([order_rng.permutation(len(cases)) for _ in range(rounds)])
-    for step in range(n_steps):
+    for step in range(start, n_steps):  # every step has its own seeds: skipping costs nothing
         images, labels = [], []
         for i in mine:
             rng = np.random.default_rng([cfg.seed, epoch, step + 1, i])

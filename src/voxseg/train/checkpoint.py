@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,22 @@ def restore_optimizer(
 
 def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def previous(path: Path) -> Path:
+    """Where the copy before the latest write lives: `last.safetensors` -> `last.prev...`."""
+    return path.with_name(path.name.replace(path.suffix, f".prev{path.suffix}"))
+
+
+def rotate(path: Path) -> None:
+    """Keep the current file as the previous copy before it is replaced."""
+    if path.exists():
+        os.replace(path, previous(path))
+
+
+def find_intact(path: Path, expected_sha256: str) -> Path | None:
+    """The file, or its previous copy, whose SHA-256 is the one recorded; None if neither."""
+    for candidate in (path, previous(path)):
+        if candidate.is_file() and sha256(candidate) == expected_sha256:
+            return candidate
+    return None

@@ -8,6 +8,7 @@ of (seed, epoch, step), so a resumed run continues on the batches it would have 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -59,6 +60,9 @@ class TrainState:
     elapsed: float = 0.0
     """Training seconds used so far, across resumes."""
     stopped: str = ""
+    epoch_step: int = 0
+    """Steps of the next epoch already done (a run interrupted mid-epoch resumes there)."""
+    epoch_losses: list[float] = field(default_factory=list)
     history: list[EpochRecord] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     """SHA-256 of every checkpoint file, checked on resume."""
@@ -194,30 +198,119 @@ def _write_metrics(run_dir: Path, history: list[EpochRecord]) -> None:
 def _save_state(
     run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState
 ) -> None:
+    """Write the resumable state; `state.json` is the commit point.
+
+    Each file is rotated to `*.prev.*` before it is replaced, and state.json records the hash
+    of every file, so a kill at any moment leaves one state whose files are all intact.
+    """
     tensors, plain = ckpt.optimizer_tensors(optimizer)
     tensors["rng.torch"] = torch.get_rng_state()
+    ckpt.rotate(run_dir / LAST)
     state.files[LAST] = ckpt.save_model(run_dir / LAST, model)
+    ckpt.rotate(run_dir / OPTIM)
     state.files[OPTIM] = ckpt.save_tensors(run_dir / OPTIM, tensors)
     data = asdict(state)
     data["optimizer"] = plain
+    ckpt.rotate(run_dir / STATE)
     ckpt.write_json(run_dir / STATE, data)
 
 
-def load_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
-    """Restore a run saved by `_save_state` (used by --resume)."""
+@dataclass(frozen=True)
+class ResumePoint:
+    data: dict
+    files: dict[str, Path]
+    note: str = ""
+
+
+def _resume_point(run_dir: Path) -> ResumePoint:
+    """The newest saved state whose checkpoint files are intact (hash as recorded)."""
     import json
 
-    path = run_dir / STATE
-    if not path.is_file():
+    problems = []
+    for path in (run_dir / STATE, ckpt.previous(run_dir / STATE)):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            problems.append(f"{path.name}: {exc.__class__.__name__}")
+            continue
+        found = {
+            name: ckpt.find_intact(run_dir / name, sha)
+            for name, sha in data["files"].items()
+            if name in (LAST, OPTIM)
+        }
+        bad = [name for name, f in found.items() if f is None]
+        if not bad and len(found) == 2:
+            note = ""
+            if path.name != STATE:
+                note = f"latest checkpoint damaged ({'; '.join(problems)}); "
+                note += f"resuming from epoch {data['epoch']}"
+            return ResumePoint(data, found, note)
+        problems.append(f"{', '.join(bad) or 'files'} of {path.name} corrupted or missing")
+    if not (run_dir / STATE).exists():
         raise ConfigError(f"{run_dir}: nothing to resume (no {STATE}); start without --resume")
-    data = json.loads(path.read_text())
-    files = data.get("files", {})
-    ckpt.load_model_weights(run_dir / LAST, model, files.get(LAST))
-    tensors = ckpt.load_tensors(run_dir / OPTIM, files.get(OPTIM))
+    raise ConfigError(
+        f"{run_dir}: no intact checkpoint to resume ({'; '.join(problems)}); "
+        "start afresh with --overwrite"
+    )
+
+
+def load_state(
+    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[TrainState, str]:
+    """Restore a run saved by `_save_state` (used by --resume); the note says if it fell back."""
+    point = _resume_point(run_dir)
+    data = dict(point.data)
+    ckpt.load_model_weights(point.files[LAST], model)
+    tensors = ckpt.load_tensors(point.files[OPTIM])
     torch.set_rng_state(tensors.pop("rng.torch"))
     ckpt.restore_optimizer(optimizer, tensors, data.pop("optimizer"))
     data["history"] = [EpochRecord(**h) for h in data["history"]]
-    return TrainState(**data)
+    return TrainState(**data), point.note
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    batch,
+    device: torch.device,
+    amp: torch.dtype | None,
+    lr: float,
+) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    x = torch.from_numpy(batch.image).to(device, non_blocking=True)
+    y = torch.from_numpy(batch.label).to(device, non_blocking=True)
+    with autocast(device, amp):
+        out = model(x)
+    if isinstance(out, list | tuple):
+        loss = deep_supervision_loss(loss_fn, [o.float() for o in out], y)
+    else:
+        loss = loss_fn(out.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _record_epoch(
+    state: TrainState, epoch: int, losses, val: ValResult | None, lr, seconds
+) -> float:
+    """Append the epoch to the history and update early stopping; returns the epoch's score."""
+    score = val.dice if val else -float(np.mean(losses))  # no validation: lowest loss is best
+    state.history.append(
+        EpochRecord(
+            epoch,
+            len(losses),
+            float(np.mean(losses)),
+            val.loss if val else float("nan"),
+            val.dice if val else float("nan"),
+            lr,
+            seconds,
+        )
+    )
+    state.epoch, state.epoch_step, state.epoch_losses = epoch, 0, []
+    return score
 
 
 def train(
@@ -231,14 +324,22 @@ def train(
     resume: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
     dist: DistContext | None = None,
+    log: Callable[[str], None] | None = None,
     should_stop: Callable[[bool], bool] | None = None,
+    interrupt: threading.Event | None = None,
 ) -> TrainState:
-    """Train `model` in place; on return it holds the best epoch's weights."""
+    """Train `model` in place; on return it holds the best epoch's weights.
+
+    `interrupt` (set by a Ctrl-C handler) ends training after the current step with a
+    checkpoint that resumes mid-epoch exactly; `should_stop` lets tests cut a run short.
+    """
     tc = config.train
     dist = dist or DistContext(0, 1, device)
     is_main = dist.is_main
     optimizer = build_optimizer(model, tc)
-    state = load_state(run_dir, model, optimizer) if resume else TrainState()
+    state, note = load_state(run_dir, model, optimizer) if resume else (TrainState(), "")
+    if note and log and is_main:
+        log(note)
     if state.stopped in (TIME_BUDGET, INTERRUPTED):
         state.stopped = ""  # resuming continues a run that was cut short, not one that converged
     loss_fn = build_loss(tc.loss)
@@ -258,93 +359,65 @@ def train(
     total_steps = tc.epochs * n_steps
     budget = tc.max_minutes * 60 if tc.max_minutes else math.inf
     started = time.monotonic() - state.elapsed
-    step_seconds = None
-    val_seconds = 0.0
+    step_seconds = val_seconds = 0.0
     model.train()
 
-    def out_of_time(extra: float = 0.0) -> bool:
-        late = time.monotonic() - started + extra > budget
+    def stop_reason() -> str:
+        """Checked before every step; every rank must agree or DDP would hang."""
+        # Leave room for the step and for the validation that must follow it.
+        late = time.monotonic() - started + step_seconds + val_seconds > budget
         if should_stop:
             late = should_stop(late)
-        return any_rank(dist, late) if budget < math.inf or should_stop else late
+        halted = interrupt is not None and interrupt.is_set()
+        if dist.active:
+            late, halted = any_rank(dist, late), any_rank(dist, halted)
+        return INTERRUPTED if halted else TIME_BUDGET if late else ""
 
     while state.epoch < tc.epochs and not state.stopped:
         epoch = state.epoch + 1
         t0 = time.monotonic()
-        losses = []
-        for i, batch in enumerate(epoch_batches(train_cases, epoch, sampler, pad)):
-            # Leave room for the validation that must follow the last step.
-            if out_of_time((step_seconds or 0.0) + val_seconds):
-                state.stopped = TIME_BUDGET
+        losses = list(state.epoch_losses)
+        lr = lr_at(state.step, total_steps, tc.lr, tc.schedule)
+        for i, batch in enumerate(
+            epoch_batches(train_cases, epoch, sampler, pad, start=state.epoch_step),
+            start=state.epoch_step,
+        ):
+            state.stopped = stop_reason()
+            if state.stopped:
+                state.epoch_step, state.epoch_losses = i, losses
                 break
             ts = time.monotonic()
             lr = lr_at(state.step, total_steps, tc.lr, tc.schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x = torch.from_numpy(batch.image).to(device, non_blocking=True)
-            y = torch.from_numpy(batch.label).to(device, non_blocking=True)
-            with autocast(device, amp):
-                out = model(x)
-            if isinstance(out, list | tuple):
-                loss = deep_supervision_loss(loss_fn, [o.float() for o in out], y)
-            else:
-                loss = loss_fn(out.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            losses.append(train_step(model, optimizer, loss_fn, batch, device, amp, lr))
             state.step += 1
-            losses.append(float(loss.detach()))
             dt = time.monotonic() - ts
-            step_seconds = dt if step_seconds is None else 0.8 * step_seconds + 0.2 * dt
+            step_seconds = dt if not step_seconds else 0.8 * step_seconds + 0.2 * dt
             if on_progress and is_main:
-                remaining = min(
-                    (total_steps - state.step) * step_seconds, budget - (time.monotonic() - started)
-                )
+                left = min((total_steps - state.step) * step_seconds, budget - (ts - started))
+                last_dice = state.history[-1].val_dice if state.history else None
                 on_progress(
-                    Progress(
-                        epoch,
-                        i + 1,
-                        n_steps,
-                        float(np.mean(losses[-20:])),
-                        state.history[-1].val_dice if state.history else None,
-                        remaining,
-                    )
+                    Progress(epoch, i + 1, n_steps, float(np.mean(losses[-20:])), last_dice, left)
                 )
-        if not losses:
-            break
+        state.elapsed = time.monotonic() - started
+        if state.stopped == INTERRUPTED or not losses:
+            break  # an interrupted epoch is finished on --resume, not validated half-done
         tv = time.monotonic()
         val = validate_sharded(model, val_cases, config, amp, pad, dist) if val_cases else None
         val_seconds = time.monotonic() - tv
-        dice = val.dice if val else -float(np.mean(losses))
-        state.epoch = epoch
-        state.elapsed = time.monotonic() - started
-        state.history.append(
-            EpochRecord(
-                epoch,
-                len(losses),
-                float(np.mean(losses)),
-                val.loss if val else float("nan"),
-                dice if val else float("nan"),
-                lr,
-                time.monotonic() - t0,
-            )
-        )
-        if dice > state.best_dice:
-            state.best_dice, state.best_epoch, state.bad_epochs = dice, epoch, 0
+        score = _record_epoch(state, epoch, losses, val, lr, time.monotonic() - t0)
+        if score > state.best_dice:
+            state.best_dice, state.best_epoch, state.bad_epochs = score, epoch, 0
             if is_main:
                 state.files[BEST] = ckpt.save_model(run_dir / BEST, model)
         else:
             state.bad_epochs += 1
-            if tc.patience and state.bad_epochs >= tc.patience:
+            if tc.patience and state.bad_epochs >= tc.patience and not state.stopped:
                 state.stopped = (
                     f"early stopping (no better validation Dice for {tc.patience} epochs)"
                 )
         if on_progress and is_main:
-            on_progress(
-                Progress(
-                    epoch, len(losses), n_steps, float(np.mean(losses)), dice if val else None, None
-                )
-            )
+            dice = val.dice if val else None
+            on_progress(Progress(epoch, len(losses), n_steps, float(np.mean(losses)), dice, None))
         if is_main:
             _save_state(run_dir, model, optimizer, state)
             _write_metrics(run_dir, state.history)

@@ -28,6 +28,10 @@ STEP_SECONDS = 1.0
 """Target duration of one training step; caps the patch size on slow machines."""
 MAX_PATCH = (128, 160, 160)
 MIN_PATCH = 32
+DEFAULT_MINUTES = 60.0
+"""Budget the plan assumes when no --max-minutes is given."""
+VAL_SHARE_INV = 6.0
+"""Training time per epoch is about this many times the validation time."""
 
 
 @dataclass(frozen=True)
@@ -120,8 +124,13 @@ def plan_default(
     else:
         notes.append("no foreground found in the sampled cases: default kidney HU window kept")
 
-    vps = measure_throughput(base.model, device, base.train.precision)
-    budget_s = (max_minutes or 60.0) * 60.0
+    model = base.model
+    if model.name == "unet" and not model.options:
+        # Width by device: 8 base channels train ~2x faster on a CPU (and learn kidneys within
+        # minutes); a GPU affords nnU-Net-like width.
+        model = replace(model, options={"base_channels": 8 if device.type == "cpu" else 32})
+    vps = measure_throughput(model, device, base.train.precision)
+    budget_s = (max_minutes or DEFAULT_MINUTES) * 60.0
     voxel_budget = vps * budget_s * 0.6 / PASSES  # 60 %: validation and data take the rest
     spacing = np.array(median_spacing)
     for _ in range(40):  # coarsen the finest axes first, 10 % at a time
@@ -132,21 +141,41 @@ def plan_default(
     spacing = tuple(round(float(s), 3) for s in spacing)
     median_shape = tuple(int(round(e / s)) for e, s in zip(median_extent_mm, spacing, strict=True))
 
-    divisor = 2 ** int(base.model.options.get("depth", 4)) if base.model.name == "unet" else 8
+    divisor = 2 ** int(model.options.get("depth", 4)) if model.name == "unet" else 8
     batch = 2
     patch_voxels = vps * STEP_SECONDS / batch
     cap = np.array(MAX_PATCH, dtype=float)
     while np.prod(cap) > patch_voxels and cap.max() > MIN_PATCH:
         cap = np.where(cap == cap.max(), cap - divisor, cap)
     patch = _round_patch(median_shape, divisor, cap)
+
+    # Schedule: epochs of fixed length, validation a small share of the time, and as many
+    # epochs as the budget affords so the cosine decay ends when the time does.
+    step_s = batch * float(np.prod(patch)) / vps
+    n_val = max(1, round(len(cases) * base.train.val_fraction))
+    val_s = n_val * float(np.prod(median_shape)) * 1.6 / (3.0 * vps)  # overlap, fwd ~3x a step
+    steps_per_epoch = int(min(250, max(25, VAL_SHARE_INV * val_s / step_s)))
+    epochs = base.train.epochs
+    if max_minutes:
+        epochs = max(1, int(0.9 * budget_s / (steps_per_epoch * step_s + val_s)))
     notes.append(
         f"throughput {vps / 1e6:.2f} Mvoxel/s -> spacing {spacing} mm, median case {median_shape}, "
-        f"patch {patch}, batch {batch}"
+        f"patch {patch}, batch {batch}, {epochs} epochs x {steps_per_epoch} steps "
+        f"(~{step_s:.2f} s/step, ~{val_s:.0f} s/validation)"
     )
     config = replace(
         base,
+        model=model,
         preprocess=replace(pre, mode="spacing", spacing=spacing, shape=None),
-        train=replace(base.train, patch_size=patch, batch_size=batch, max_minutes=max_minutes),
+        train=replace(
+            base.train,
+            patch_size=patch,
+            batch_size=batch,
+            max_minutes=max_minutes,
+            steps_per_epoch=steps_per_epoch,
+            epochs=epochs,
+            patience=max(base.train.patience, epochs // 3) if max_minutes else base.train.patience,
+        ),
     )
     return Plan(config, median_spacing, median_shape, vps, tuple(notes))
 

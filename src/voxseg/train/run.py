@@ -15,7 +15,18 @@ from voxseg.errors import ConfigError, OutputExistsError
 from voxseg.train.distributed import DistContext, barrier, init_from_env, shutdown, wrap
 from voxseg.train.loop import BEST, CONFIG, LAST, METRICS, OPTIM, STATE, TrainState, train
 
-RUN_FILES = (BEST, LAST, OPTIM, STATE, CONFIG, METRICS, "curves.png")
+RUN_FILES = (
+    BEST,
+    LAST,
+    OPTIM,
+    STATE,
+    CONFIG,
+    METRICS,
+    "curves.png",
+    "last.prev.safetensors",
+    "optimizer.prev.safetensors",
+    "state.prev.json",
+)
 
 
 @dataclass(frozen=True)
@@ -145,7 +156,7 @@ def prepare_cases(
     return out
 
 
-def run_training(o: TrainOptions, ui) -> tuple[RunConfig, TrainState]:
+def run_training(o: TrainOptions, ui, interrupt=None) -> tuple[RunConfig, TrainState]:
     """The whole `voxseg train` job; `ui` gives `log(str)`, `task(name, total)`, `progress`.
 
     Under torchrun every process runs this; rank 0 plans, writes and logs, the others wait at
@@ -155,12 +166,14 @@ def run_training(o: TrainOptions, ui) -> tuple[RunConfig, TrainState]:
 
     dist = init_from_env(resolve_device(o.device))
     try:
-        return _run(o, ui, dist, build_model)
+        return _run(o, ui, dist, build_model, interrupt)
     finally:
         shutdown()
 
 
-def _run(o: TrainOptions, ui, dist: DistContext, build_model) -> tuple[RunConfig, TrainState]:
+def _run(
+    o: TrainOptions, ui, dist: DistContext, build_model, interrupt
+) -> tuple[RunConfig, TrainState]:
     log = ui.log if dist.is_main else (lambda _m: None)
     dataset = discover(o.data)
     if dist.is_main:  # the others read the configuration rank 0 resolved
@@ -209,6 +222,8 @@ def _run(o: TrainOptions, ui, dist: DistContext, build_model) -> tuple[RunConfig
         resume=o.resume,
         on_progress=ui.progress,
         dist=dist,
+        log=log,
+        interrupt=interrupt,
     )
     if dist.is_main:
         from voxseg.report import plot_curves
