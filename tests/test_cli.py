@@ -217,3 +217,45 @@ def test_evaluate_mismatched_grid(tmp_path: Path):
 def test_debug_shows_the_traceback(tmp_path: Path):
     result = invoke("--debug", "info", tmp_path / "nope")
     assert result.exit_code != 0 and result.exception is not None
+
+
+def test_absurd_volume_is_refused_before_allocating(tmp_path: Path, kits_tiny: Path, monkeypatch):
+    monkeypatch.setenv("VOXSEG_MEMORY_LIMIT_GB", "0.000001")
+    result = invoke(
+        "train",
+        "--data",
+        kits_tiny,
+        "--out",
+        tmp_path / "run",
+        "--model",
+        "seed",
+        "--shape",
+        "16",
+        "16",
+        "16",
+        "--epochs",
+        "1",
+        "--cache",
+        tmp_path / "c",
+    )
+    assert_user_error(result, "VOXSEG_MEMORY_LIMIT_GB", "imaging.nii.gz")
+
+
+@pytest.mark.parametrize("kind", ["5d", "zero_axis"])
+def test_odd_dimensions(tmp_path: Path, kind: str):
+    path = tmp_path / "case_00000" / "imaging.nii.gz"
+    path.parent.mkdir()
+    shape = (4, 5, 6, 1, 2) if kind == "5d" else (4, 0, 6)
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.int16), np.eye(4)), path)
+    assert_user_error(invoke("info", tmp_path), str(path))
+
+
+def test_label_dtype_int64_with_255(tmp_path: Path):
+    image, label = blob_case()
+    label = label.astype(np.int64)
+    label[0, 0, 0] = 255
+    write_case(tmp_path / "case_00000", image, label, geometry_for(image.shape))
+    result = invoke("info", tmp_path)
+    assert_user_error(result, "segmentation.nii.gz", "255", "--foreground")
+    ok = invoke("info", tmp_path, "--foreground", "1,2")
+    assert ok.exit_code == 0, ok.output

@@ -25,6 +25,7 @@ from voxseg.data.io import (
     write_image,
     write_mask,
 )
+from voxseg.data.guards import check_memory
 from voxseg.errors import ConfigError, InputError
 from voxseg.geometry import Geometry
 from voxseg.inference import autocast_dtype, predict_probabilities
@@ -183,6 +184,7 @@ def iter_predictions(
             if on_case:
                 on_case(case.case_id, "exists, skipped")
             continue
+        check_memory(read_info(case.image))
         image, geometry = read_image(case.image)
         mask, probs = predict_image(
             predictor, image, geometry, infer, with_probabilities=probabilities

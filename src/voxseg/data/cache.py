@@ -20,7 +20,8 @@ import numpy as np
 from voxseg.config import PreprocessConfig
 from voxseg.data.checks import check_pair, label_values
 from voxseg.data.discovery import Case
-from voxseg.data.io import read_image
+from voxseg.data.guards import check_memory
+from voxseg.data.io import read_image, read_info
 from voxseg.preprocess import PreprocessRecord, preprocess_image, preprocess_label
 
 CACHE_VERSION = 1
@@ -81,10 +82,11 @@ def prepare_case(
     """Read, check and preprocess one labelled case (no cache)."""
     if case.label is None:
         raise ValueError(f"{case.case_id}: prepare_case needs a labelled case")
+    check_memory(read_info(case.image))
     image, geometry = read_image(case.image)
     label, lgeom = read_image(case.label)
     check_pair(geometry, lgeom, case.image, case.label)
-    label_values(label, case.label)
+    label_values(label, case.label, foreground)
     net_input, record = preprocess_image(image, geometry, cfg)
     del image
     target = preprocess_label(label, record, foreground)

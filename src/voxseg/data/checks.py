@@ -13,7 +13,14 @@ MAX_LABEL_VALUES = 32
 """More distinct values than this means the file is probably an image, not a label map."""
 
 
-def label_values(label: np.ndarray, path: Path) -> tuple[int, ...]:
+MAX_CLASS = 31
+"""With the default target (every non-zero label), larger values are suspicious (e.g. 255 as
+an 'ignore' marker) and need an explicit --foreground."""
+
+
+def label_values(
+    label: np.ndarray, path: Path, foreground: tuple[int, ...] | None = None
+) -> tuple[int, ...]:
     """Distinct label values, refusing maps that cannot be label maps."""
     if label.dtype.kind == "f" and not np.array_equal(label, np.round(label)):
         raise InputError(f"{path}: label map has non-integer values; give an integer label map")
@@ -30,6 +37,12 @@ def label_values(label: np.ndarray, path: Path) -> tuple[int, ...]:
         raise InputError(
             f"{path}: {values.size} distinct values; this looks like an image, not a label map "
             "(check image and label are not swapped)"
+        )
+    odd = [int(v) for v in values if v > MAX_CLASS]
+    if foreground is None and odd:
+        raise InputError(
+            f"{path}: label value {odd[0]} is unexpected (every non-zero label would count as "
+            "foreground); choose the target with --foreground (e.g. --foreground 1,2) or remap it"
         )
     return tuple(int(v) for v in values)
 

@@ -31,7 +31,7 @@ def inspect_case(case: Case, foreground: tuple[int, ...] | None = None) -> CaseI
     if case.label is not None:
         label, lgeom = read_image(case.label)
         check_pair(info.geometry, lgeom, case.image, case.label)
-        values = label_values(label, case.label)
+        values = label_values(label, case.label, foreground)
         fraction = float(np.count_nonzero(binary_target(label, foreground))) / label.size
         label_dtype = str(label.dtype)
     g = info.geometry

@@ -43,6 +43,11 @@ def check_nifti(path: Path, *, finite: bool = True) -> None:
     datatype, bitpix = struct.unpack(f"{endian}2h", header[70:74])
     vox_offset = int(struct.unpack(f"{endian}f", header[108:112])[0])
     ndim = max(0, min(dims[0], 7))
+    if any(d <= 0 for d in dims[1 : ndim + 1]):
+        raise InputError(
+            f"{path}: header has a zero-length axis {dims[1 : ndim + 1]}; the image is empty, "
+            "re-export it"
+        )
     n_voxels = int(np.prod([max(d, 0) for d in dims[1 : ndim + 1]], dtype=np.int64))
     expected = vox_offset + n_voxels * bitpix // 8
     actual = _data_size(path)
