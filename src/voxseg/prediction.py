@@ -17,6 +17,7 @@ from torch import nn
 
 from voxseg.config import InferConfig, RunConfig
 from voxseg.data.discovery import Case, discover
+from voxseg.data.guards import check_memory
 from voxseg.data.io import (
     IMAGE_SUFFIXES,
     check_output,
@@ -25,7 +26,6 @@ from voxseg.data.io import (
     write_image,
     write_mask,
 )
-from voxseg.data.guards import check_memory
 from voxseg.errors import ConfigError, InputError
 from voxseg.geometry import Geometry
 from voxseg.inference import autocast_dtype, predict_probabilities
