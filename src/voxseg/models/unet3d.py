@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from voxseg.errors import ConfigError
+from voxseg.errors import ConfigError, InputError
 from voxseg.models.shape import check_divisible, check_input
 
 _SLOPE = 0.01
@@ -90,8 +90,14 @@ class UNet3D(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def check_shape(self, shape: tuple[int, int, int]) -> None:
-        """Raise InputError unless every spatial size is a multiple of `divisor`."""
+        """Raise InputError unless every size is a multiple of `divisor` and at least twice it
+        (instance norm at the bottleneck needs more than one voxel to train)."""
         check_divisible(shape, self.divisor)
+        if min(shape) < 2 * self.divisor:
+            raise InputError(
+                f"input size {tuple(shape)} is too small for a depth-{len(self.encoder)} U-Net; "
+                f"use at least {2 * self.divisor} per axis (or a smaller depth)"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         check_input(x.shape, self.divisor)

@@ -4,7 +4,7 @@
 - Spacing: the median spacing, coarsened until the median case fits the voxel budget that
   the measured training throughput affords in the time budget (so a 10-minute CPU run sees
   the data many times at a coarser grid instead of once at full resolution).
-- Patch: the median case at that spacing, capped so one step takes about a second.
+- Patch: the median case at that spacing, shrunk evenly so one step takes about a second.
 """
 
 from __future__ import annotations
@@ -89,11 +89,16 @@ def measure_throughput(
     return 2 * side**3 / min(times[1:])
 
 
-def _round_patch(shape, divisor: int, cap) -> tuple[int, int, int]:
-    return tuple(
-        int(max(MIN_PATCH, min(c, -(-s // divisor) * divisor)) // divisor * divisor)
-        for s, c in zip(shape, cap, strict=True)
-    )
+def patch_for(median_shape, voxels: float, divisor: int) -> tuple[int, int, int]:
+    """The median case shrunk evenly (same aspect, in voxels) to about `voxels`, in multiples
+    of `divisor`, never below MIN_PATCH nor above MAX_PATCH or the median case itself."""
+    median = np.asarray(median_shape, dtype=float)
+    scale = min(1.0, (voxels / float(np.prod(median))) ** (1 / 3))
+    patch = []
+    for m, cap in zip(median * scale, MAX_PATCH, strict=True):
+        side = int(round(m / divisor)) * divisor
+        patch.append(int(min(max(side, MIN_PATCH), cap)))
+    return tuple(patch)
 
 
 def plan_default(
@@ -144,10 +149,7 @@ def plan_default(
     divisor = 2 ** int(model.options.get("depth", 4)) if model.name == "unet" else 8
     batch = 2
     patch_voxels = vps * STEP_SECONDS / batch
-    cap = np.array(MAX_PATCH, dtype=float)
-    while np.prod(cap) > patch_voxels and cap.max() > MIN_PATCH:
-        cap = np.where(cap == cap.max(), cap - divisor, cap)
-    patch = _round_patch(median_shape, divisor, cap)
+    patch = patch_for(median_shape, patch_voxels, divisor)
 
     # Schedule: epochs of fixed length, validation a small share of the time, and as many
     # epochs as the budget affords so the cosine decay ends when the time does.
