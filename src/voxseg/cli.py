@@ -430,8 +430,13 @@ def predict(
         bool, typer.Option("--probabilities", help="Also write <case>_prob.nii.gz.")
     ] = False,
     keep_largest: Annotated[
-        int, typer.Option("--keep-largest", min=0, help="Keep N largest components.")
-    ] = 0,
+        int | None,
+        typer.Option(
+            "--keep-largest",
+            min=0,
+            help="Keep N largest components (0: all). Default: what training chose on validation.",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing outputs.")
     ] = False,
@@ -450,7 +455,7 @@ def predict(
     infer = replace(
         predictor.config.infer,
         tta=tta,
-        keep_largest=keep_largest,
+        keep_largest=predictor.config.infer.keep_largest if keep_largest is None else keep_largest,
         **({"overlap": overlap} if overlap is not None else {}),
     )
     skipped = []

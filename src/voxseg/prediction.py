@@ -212,7 +212,7 @@ def predict(
     device: str = "auto",
     tta: bool = False,
     overlap: float | None = None,
-    keep_largest: int = 0,
+    keep_largest: int | None = None,
     probabilities: bool = False,
     overwrite: bool = False,
 ) -> list[Prediction]:
@@ -224,7 +224,7 @@ def predict(
     infer = replace(
         predictor.config.infer,
         tta=tta,
-        keep_largest=keep_largest,
+        keep_largest=predictor.config.infer.keep_largest if keep_largest is None else keep_largest,
         **({"overlap": overlap} if overlap is not None else {}),
     )
     return list(

@@ -229,4 +229,25 @@ def _run(
         from voxseg.report import plot_curves
 
         plot_curves(state.history, o.out / "curves.png")
+        if val_prepared and state.stopped != "interrupted":
+            config = _choose_postprocessing(model, config, val_prepared, dist.device, o.out, log)
     return config, state
+
+
+def _choose_postprocessing(
+    model, config: RunConfig, val_cases, device, out: Path, log
+) -> RunConfig:
+    """Pick keep-largest-components on the validation cases and record it in config.json."""
+    from voxseg.inference import autocast_dtype
+    from voxseg.train.loop import pad_value_for
+    from voxseg.train.postprocess import choose_keep_largest
+
+    amp = autocast_dtype(config.train.precision, device)
+    choice = choose_keep_largest(model, val_cases, config, device, amp, pad_value_for(config))
+    scores = ", ".join(
+        f"{'all' if n == 0 else f'largest {n}'}: {d:.4f}" for n, d in choice.dice.items()
+    )
+    log(f"post-processing on validation ({scores}) -> keep_largest={choice.keep_largest}")
+    config = replace(config, infer=replace(config.infer, keep_largest=choice.keep_largest))
+    config.save(out / CONFIG)
+    return config
