@@ -99,8 +99,9 @@ def test_seed_parameters_match_keras() -> None:
 
 
 def _random_seed(dtype: torch.dtype) -> SeedCNN:
-    """A seed network with non-trivial weights and biases, so no rewrite can hide behind zeros."""
-    model = SeedCNN().to(dtype).eval()
+    """A literal seed network with non-trivial weights and biases, so no rewrite can hide behind
+    zeros."""
+    model = SeedCNN(fast=False).to(dtype).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.15)
@@ -123,6 +124,51 @@ def test_fast_seed_equals_literal(
     assert got.shape == want.shape
     err = (got - want).abs().max() / want.abs().max()
     assert err <= rtol, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 8), (16, 24, 32), (24, 16, 8)])
+def test_fast_seed_trains_like_literal(shape: tuple[int, int, int]) -> None:
+    """The default (fast) forward gives the literal network's logits and parameter gradients."""
+    torch.manual_seed(3)
+    model = _random_seed(torch.float64).train()
+    x = torch.randn(2, 1, *shape, dtype=torch.float64)
+    target = torch.randn(2, 1, *shape, dtype=torch.float64)
+    results = {}
+    for fast in (False, True):
+        model.fast = fast
+        model.zero_grad(set_to_none=True)
+        out = model(x)
+        (out * target).sum().backward()
+        results[fast] = out.detach(), {n: p.grad for n, p in model.named_parameters()}
+    (want, want_grads), (got, got_grads) = results[False], results[True]
+    assert (got - want).abs().max() <= 1e-10 * want.abs().max()
+    for name, g in want_grads.items():
+        err = (got_grads[name] - g).abs().max() / g.abs().max()
+        assert err <= 1e-10, f"{name}: relative gradient error {err:.2e}"
+
+
+def test_seed_fast_option_keeps_checkpoints_interchangeable() -> None:
+    fast, literal = build_model("seed"), build_model("seed", fast=False)
+    assert fast.fast and not literal.fast
+    assert list(fast.state_dict()) == list(literal.state_dict())
+    literal.load_state_dict(fast.state_dict())
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.inference_mode():
+        assert torch.allclose(fast(x), literal(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="fast="):
+        build_model("seed", fast="yes")
+
+
+def test_fast_seed_under_bf16_autocast_stays_close() -> None:
+    torch.manual_seed(4)
+    model = _random_seed(torch.float32)
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.inference_mode():
+        want = model(x)
+        model.fast = True
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model(x).float()
+    assert (got - want).abs().max() <= 0.05 * want.abs().max()
 
 
 def test_fast_seed_equals_literal_channels_last() -> None:

@@ -1,14 +1,18 @@
-"""The seed network: the original Keras Sequential 3D CNN, layer for layer, and an exact rewrite
-of it (`fuse_seed`) that gives the same logits with less work, for inference.
+"""The seed network: the original Keras Sequential 3D CNN, layer for layer, computed by default
+through an exact rewrite that gives the same logits and gradients with less work.
 
 Layer names follow Keras' automatic names so `format_summary` reads like `model.summary()`.
 Keras fuses the ReLU into each convolution layer; here it is applied in `forward`, so the layer
 list and per-layer parameter counts match Keras exactly (996,673 in total).
+
+The rewrite (`fast=True`) derives its kernels from the literal layers' parameters at every
+forward, so autograd trains those parameters and checkpoints are the literal network's.
+`fuse_seed` freezes the same kernels once into `SeedFast`, for inference without autograd.
 """
 
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -31,16 +35,144 @@ _PHASE_TAPS = torch.tensor(
 )
 
 
+@dataclass(frozen=True)
+class FastKernels:
+    """Weights and biases of the rewritten network, as consumed by `fast_forward`."""
+
+    encoder: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    """The three 3x3x3 convolutions, unchanged."""
+    bottleneck: tuple[torch.Tensor, torch.Tensor]
+    """The first transposed convolution as a convolution."""
+    up_1: tuple[torch.Tensor, torch.Tensor]
+    """Upsample + second transposed convolution as one 2x2x2 conv with 8 * 64 phase channels."""
+    up_2: tuple[torch.Tensor, torch.Tensor]
+    """Upsample + third transposed convolution, 8 * 32 phase channels."""
+    head: tuple[torch.Tensor, torch.Tensor]
+    """The 1x1 output convolution repeated over the 8 phases (a grouped conv)."""
+
+
+def _transposed_as_conv(weight: torch.Tensor) -> torch.Tensor:
+    """A stride-1 transposed convolution is a convolution with the kernel flipped in space and
+    its in/out channels swapped; "same" padding stays 1 for a 3x3x3 kernel."""
+    return weight.transpose(0, 1).flip(2, 3, 4)
+
+
+def _phase_kernel(transposed_weight: torch.Tensor) -> torch.Tensor:
+    """The 3x3x3 "same" convolution of a x2 nearest-upsampled input, as one 2x2x2 convolution at
+    low resolution whose 8 * C_out channels are the 8 output phases (8/27 of the multiply-adds).
+
+    With padding 1 the low-resolution output has size M + 1; phase (pd, ph, pw) is the window
+    starting at (pd, ph, pw). The zero padding of the high-resolution input is exactly the zero
+    padding at low resolution, because an out-of-range tap at high resolution is also one at low.
+    Takes the transposed conv's (C_in, C_out, 3, 3, 3) weight: the flipped taps do the flip.
+    """
+    c_in, c_out = transposed_weight.shape[:2]
+    a = _PHASE_TAPS.flip(-1).to(transposed_weight)
+    k = torch.einsum("pat,qbu,rcv,iotuv->pqroiabc", a, a, a, transposed_weight)
+    return k.reshape(8 * c_out, c_in, 2, 2, 2)
+
+
+def seed_kernels(seed: SeedCNN) -> FastKernels:
+    """The rewritten network's kernels as differentiable functions of `seed`'s parameters."""
+    # Out of autocast: the kernels are sums of weights, kept in the parameters' precision
+    # (the convolutions then cast them once, as they would cast the literal weights).
+    with torch.autocast(seed.conv3d.weight.device.type, enabled=False):
+        t0, t1, t2 = seed.conv3d_transpose, seed.conv3d_transpose_1, seed.conv3d_transpose_2
+        head = seed.conv3d_3
+        return FastKernels(
+            encoder=tuple((m.weight, m.bias) for m in (seed.conv3d, seed.conv3d_1, seed.conv3d_2)),
+            bottleneck=(_transposed_as_conv(t0.weight), t0.bias),
+            up_1=(_phase_kernel(t1.weight), t1.bias.repeat(8)),
+            up_2=(_phase_kernel(t2.weight), t2.bias.repeat(8)),
+            head=(head.weight.repeat(8, 1, 1, 1, 1), head.bias.repeat(8)),
+        )
+
+
+def _phase_windows(n_channels: int, m: tuple[int, ...]):
+    """(output slices, phase-channel block slices) of each of the 8 phases."""
+    for phase in range(8):
+        pd, ph, pw = phase >> 2, (phase >> 1) & 1, phase & 1
+        out = (slice(None), slice(None), slice(pd, None, 2), slice(ph, None, 2), slice(pw, None, 2))
+        block = (
+            slice(None),
+            slice(phase * n_channels, (phase + 1) * n_channels),
+            slice(pd, pd + m[0]),
+            slice(ph, ph + m[1]),
+            slice(pw, pw + m[2]),
+        )
+        yield out, block
+
+
+def _layout(t: torch.Tensor) -> torch.memory_format:
+    cl = t.shape[1] > 1 and t.is_contiguous(memory_format=torch.channels_last_3d)
+    return torch.channels_last_3d if cl else torch.contiguous_format
+
+
+class _Interleave(torch.autograd.Function):
+    """Place the 8 phase windows of `y` (N, 8 * C, M+1, ...) into one (N, C, 2M, ...) tensor.
+
+    A Function of its own because autograd through eight slices of `y` would build eight
+    full-size zero gradients and add them; the backward here writes one.
+    """
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, n_channels: int) -> torch.Tensor:
+        m = tuple(s - 1 for s in y.shape[2:])
+        ctx.y_shape, ctx.n_channels = y.shape, n_channels
+        shape = (y.shape[0], n_channels, 2 * m[0], 2 * m[1], 2 * m[2])
+        # Keep y's layout, so that each copy reads and writes memory in the same order.
+        out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=_layout(y))
+        for o, b in _phase_windows(n_channels, m):
+            out[o] = y[b]
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        m = tuple(s // 2 for s in grad.shape[2:])
+        layout = _layout(grad)
+        out = torch.empty(ctx.y_shape, dtype=grad.dtype, device=grad.device, memory_format=layout)
+        out.zero_()  # the row of each block that no phase reads gets no gradient
+        for o, b in _phase_windows(ctx.n_channels, m):
+            out[b] = grad[o]
+        return out, None
+
+
+def fast_forward(x: torch.Tensor, k: FastKernels) -> torch.Tensor:
+    """The seed network's logits through the rewrite.
+
+    ReLU runs after max pooling (they commute, and it is 1/8 of the work); transposed convs are
+    plain convs; each conv after an upsample runs at the lower resolution on the 8 output
+    phases; the 1x1 output conv runs on those phases before the last upsample, since it commutes
+    with nearest upsampling.
+    """
+    for w, b in k.encoder:
+        x = F.relu(F.max_pool3d(F.conv3d(x, w, b, padding=1), 2))
+    x = F.relu(F.conv3d(x, *k.bottleneck, padding=1))
+    w, b = k.up_1
+    x = F.relu(_Interleave.apply(F.conv3d(x, w, b, padding=1), w.shape[0] // 8))
+    w, b = k.up_2
+    y = F.conv3d(F.relu(F.conv3d(x, w, b, padding=1)), *k.head, groups=8)
+    return F.interpolate(_Interleave.apply(y, 1), scale_factor=2.0, mode="nearest")
+
+
 class SeedCNN(nn.Module):
     """The original Keras network in PyTorch: three conv+pool stages, three conv-transpose+upsample
-    stages, a 1x1 output convolution. Returns logits; apply a sigmoid at inference."""
+    stages, a 1x1 output convolution. Returns logits; apply a sigmoid at inference.
+
+    `fast` computes the same function through `fast_forward` (about N x faster to train);
+    `fast=False` runs the layers literally. Parameters and state_dict are the same either way.
+    """
 
     divisor = 8
 
-    def __init__(self, init: Literal["keras", "torch"] = "keras") -> None:
+    def __init__(self, init: Literal["keras", "torch"] = "keras", fast: bool = True) -> None:
         super().__init__()
         if init not in ("keras", "torch"):
             raise ConfigError(f"seed option init={init!r} is invalid; use 'keras' or 'torch'")
+        if not isinstance(fast, bool):
+            raise ConfigError(f"seed option fast={fast!r} is invalid; use true or false")
+        self.fast = fast
         self.conv3d = nn.Conv3d(1, 32, 3, padding=1)
         self.max_pooling3d = nn.MaxPool3d(2)
         self.conv3d_1 = nn.Conv3d(32, 64, 3, padding=1)
@@ -68,6 +200,9 @@ class SeedCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x.shape, self.divisor)
+        # The layer table (`model_summary`) hooks each layer on the meta device: literal path.
+        if self.fast and x.device.type != "meta":
+            return fast_forward(x, seed_kernels(self))
         x = self.max_pooling3d(F.relu(self.conv3d(x)))
         x = self.max_pooling3d_1(F.relu(self.conv3d_1(x)))
         x = self.max_pooling3d_2(F.relu(self.conv3d_2(x)))
@@ -77,87 +212,42 @@ class SeedCNN(nn.Module):
         return self.conv3d_3(x)
 
 
-def _transpose_to_conv(layer: nn.ConvTranspose3d) -> nn.Conv3d:
-    """A stride-1 transposed convolution is a convolution with the kernel flipped in space and its
-    in/out channels swapped; the padding becomes k - 1 - p."""
-    k = layer.kernel_size[0]
-    conv = nn.Conv3d(layer.out_channels, layer.in_channels, k, padding=k - 1 - layer.padding[0])
-    conv.weight.data = layer.weight.detach().transpose(0, 1).flip(2, 3, 4).contiguous()
-    conv.bias.data = layer.bias.detach().clone()
-    return conv
-
-
-def _phase_conv(weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv3d:
-    """The 3x3x3 "same" convolution of a x2 nearest-upsampled input, as one 2x2x2 convolution at
-    low resolution whose 8 * C_out channels are the 8 output phases (8/27 of the multiply-adds).
-
-    With padding 1 the low-resolution output has size M + 1; phase (pd, ph, pw) is the window
-    starting at (pd, ph, pw). The zero padding of the high-resolution input is exactly the zero
-    padding at low resolution, because an out-of-range tap at high resolution is also one at low.
-    """
-    c_out, c_in = weight.shape[:2]
-    a = _PHASE_TAPS
-    k = torch.einsum("pat,qbu,rcv,oituv->pqroiabc", a, a, a, weight.double())
-    conv = nn.Conv3d(c_in, 8 * c_out, 2, padding=1)
-    conv.weight.data = k.reshape(8 * c_out, c_in, 2, 2, 2).to(weight.dtype).contiguous()
-    conv.bias.data = bias.detach().repeat(8)
-    return conv
-
-
-def _is_channels_last(x: torch.Tensor) -> bool:
-    return x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last_3d)
-
-
-def _interleave(y: torch.Tensor, channels: int) -> torch.Tensor:
-    """Place the 8 phase windows of `y` (N, 8 * C, M+1, ...) into one (N, C, 2M, ...) tensor."""
-    n = y.shape[0]
-    m = tuple(s - 1 for s in y.shape[2:])
-    # Keep y's layout, so that the copy reads and writes memory in the same order.
-    layout = torch.channels_last_3d if _is_channels_last(y) else torch.contiguous_format
-    out = torch.empty(
-        (n, channels, 2 * m[0], 2 * m[1], 2 * m[2]),
-        dtype=y.dtype,
-        device=y.device,
-        memory_format=layout,
-    )
-    for phase in range(8):
-        pd, ph, pw = phase >> 2, (phase >> 1) & 1, phase & 1
-        out[:, :, pd::2, ph::2, pw::2] = y[
-            :,
-            phase * channels : (phase + 1) * channels,
-            pd : pd + m[0],
-            ph : ph + m[1],
-            pw : pw + m[2],
-        ]
-    return out
-
-
 class SeedFast(nn.Module):
-    """SeedCNN rewritten for inference, same logits up to rounding. Build it with `fuse_seed`.
-
-    Rewrites: ReLU runs after max pooling (they commute, and it is 1/8 of the work); transposed
-    convs become plain convs; each conv after an upsample runs at the lower resolution on the 8
-    output phases; the 1x1 output conv runs on those phases (a grouped conv) before the last
-    upsample, since it commutes with nearest upsampling. The weights are a snapshot: fuse again
-    after further training.
-    """
+    """`fast_forward` with its kernels computed once from a SeedCNN: inference only, and a
+    snapshot (fuse again after further training). Build it with `fuse_seed`."""
 
     divisor = 8
 
     def __init__(self, seed: SeedCNN) -> None:
         super().__init__()
-        self.conv3d = copy.deepcopy(seed.conv3d)
-        self.conv3d_1 = copy.deepcopy(seed.conv3d_1)
-        self.conv3d_2 = copy.deepcopy(seed.conv3d_2)
-        self.conv3d_transpose = _transpose_to_conv(seed.conv3d_transpose)
-        up1 = _transpose_to_conv(seed.conv3d_transpose_1)
-        self.up_conv_1 = _phase_conv(up1.weight, up1.bias)
-        up2 = _transpose_to_conv(seed.conv3d_transpose_2)
-        self.up_conv_2 = _phase_conv(up2.weight, up2.bias)
-        head = seed.conv3d_3
-        self.head = nn.Conv3d(8 * head.in_channels, 8, 1, groups=8)
-        self.head.weight.data = head.weight.detach().repeat(8, 1, 1, 1, 1)
-        self.head.bias.data = head.bias.detach().repeat(8)
+        with torch.no_grad():
+            k = seed_kernels(seed)
+        pairs = {
+            "conv3d": k.encoder[0],
+            "conv3d_1": k.encoder[1],
+            "conv3d_2": k.encoder[2],
+            "bottleneck": k.bottleneck,
+            "up_conv_1": k.up_1,
+            "up_conv_2": k.up_2,
+            "head": k.head,
+        }
+        for name, (w, b) in pairs.items():
+            self.register_parameter(f"{name}_weight", nn.Parameter(w.clone(), requires_grad=False))
+            self.register_parameter(f"{name}_bias", nn.Parameter(b.clone(), requires_grad=False))
+
+    def kernels(self) -> FastKernels:
+        p = dict(self.named_parameters())
+
+        def pair(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+            return p[f"{name}_weight"], p[f"{name}_bias"]
+
+        return FastKernels(
+            encoder=(pair("conv3d"), pair("conv3d_1"), pair("conv3d_2")),
+            bottleneck=pair("bottleneck"),
+            up_1=pair("up_conv_1"),
+            up_2=pair("up_conv_2"),
+            head=pair("head"),
+        )
 
     def check_shape(self, shape: tuple[int, int, int]) -> None:
         """Raise InputError unless every spatial size is a multiple of `divisor`."""
@@ -165,18 +255,11 @@ class SeedFast(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x.shape, self.divisor)
-        x = F.relu(F.max_pool3d(self.conv3d(x), 2))
-        x = F.relu(F.max_pool3d(self.conv3d_1(x), 2))
-        x = F.relu(F.max_pool3d(self.conv3d_2(x), 2))
-        x = F.relu(self.conv3d_transpose(x))
-        x = F.relu(_interleave(self.up_conv_1(x), self.up_conv_1.out_channels // 8))
-        y = self.head(F.relu(self.up_conv_2(x)))
-        return F.interpolate(_interleave(y, 1), scale_factor=2.0, mode="nearest")
+        return fast_forward(x, self.kernels())
 
 
 def fuse_seed(model: SeedCNN) -> SeedFast:
     """The exact faster inference form of a trained SeedCNN (same device, dtype and eval mode)."""
     if not isinstance(model, SeedCNN):
         raise ConfigError(f"fuse_seed needs a SeedCNN, got {type(model).__name__}")
-    w = model.conv3d.weight
-    return SeedFast(model).to(device=w.device, dtype=w.dtype).eval()
+    return SeedFast(model).eval()
