@@ -21,7 +21,7 @@ from torch import nn
 from voxseg.config import RunConfig
 from voxseg.data.cache import PreparedCase
 from voxseg.data.dataset import SamplerConfig, epoch_batches, steps_in_epoch
-from voxseg.errors import ConfigError
+from voxseg.errors import ConfigError, VoxsegError
 from voxseg.inference import autocast, autocast_dtype, predict_probabilities
 from voxseg.losses import build_loss, deep_supervision_loss
 from voxseg.train import checkpoint as ckpt
@@ -34,6 +34,9 @@ OPTIM = "optimizer.safetensors"
 STATE = "state.json"
 CONFIG = "config.json"
 METRICS = "metrics.csv"
+GRAD_CLIP = 12.0
+MAX_BAD_STEPS = 20
+"""Consecutive non-finite losses after which training is declared diverged."""
 TIME_BUDGET = "time budget"
 INTERRUPTED = "interrupted"
 
@@ -288,9 +291,14 @@ def train_step(
     else:
         loss = loss_fn(out.float(), y)
     optimizer.zero_grad(set_to_none=True)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        return value  # skip the update: one bad step must not poison the weights
     loss.backward()
+    # nnU-Net's clip: keeps the rare huge gradient (bf16, tiny patches) from diverging.
+    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
     optimizer.step()
-    return float(loss.detach())
+    return value
 
 
 def _record_epoch(
@@ -360,6 +368,7 @@ def train(
     budget = tc.max_minutes * 60 if tc.max_minutes else math.inf
     started = time.monotonic() - state.elapsed
     step_seconds = val_seconds = 0.0
+    bad_steps = 0
     model.train()
 
     def stop_reason() -> str:
@@ -388,15 +397,30 @@ def train(
                 break
             ts = time.monotonic()
             lr = lr_at(state.step, total_steps, tc.lr, tc.schedule)
-            losses.append(train_step(model, optimizer, loss_fn, batch, device, amp, lr))
+            value = train_step(model, optimizer, loss_fn, batch, device, amp, lr)
             state.step += 1
+            bad_steps = 0 if math.isfinite(value) else bad_steps + 1
+            if bad_steps >= MAX_BAD_STEPS:
+                raise VoxsegError(
+                    f"training diverged: {bad_steps} steps in a row gave a non-finite loss; "
+                    "retry with --precision fp32 or a lower --lr"
+                )
+            if math.isfinite(value):
+                losses.append(value)
             dt = time.monotonic() - ts
             step_seconds = dt if not step_seconds else 0.8 * step_seconds + 0.2 * dt
             if on_progress and is_main:
                 left = min((total_steps - state.step) * step_seconds, budget - (ts - started))
                 last_dice = state.history[-1].val_dice if state.history else None
                 on_progress(
-                    Progress(epoch, i + 1, n_steps, float(np.mean(losses[-20:])), last_dice, left)
+                    Progress(
+                        epoch,
+                        i + 1,
+                        n_steps,
+                        float(np.mean(losses[-20:] or [math.nan])),
+                        last_dice,
+                        left,
+                    )
                 )
         state.elapsed = time.monotonic() - started
         if state.stopped == INTERRUPTED or not losses:
