@@ -25,14 +25,16 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kits1
 
 def resampled(label: np.ndarray, g: Geometry, spacing: tuple[float, float, float]):
     """Nearest-neighbour resample to `spacing` (array order), corner-aligned like ITK."""
-    shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(g.shape, g.spacing, spacing))
-    factors = [n / m for n, m in zip(shape, g.shape)]
+    shape = tuple(
+        max(1, int(round(n * s / t))) for n, s, t in zip(g.shape, g.spacing, spacing, strict=True)
+    )
+    factors = [n / m for n, m in zip(shape, g.shape, strict=True)]
     out = ndimage.zoom(label, factors, order=0, grid_mode=True, mode="nearest")
-    true_spacing = tuple(s * m / n for s, m, n in zip(g.spacing, g.shape, shape))
+    true_spacing = tuple(s * m / n for s, m, n in zip(g.spacing, g.shape, shape, strict=True))
     # voxel 0's centre moves by half the change of voxel size along each index axis
     d = g.direction_matrix
     shift = sum(d[:, 2 - a] * (true_spacing[a] - g.spacing[a]) / 2 for a in range(3))
-    origin = tuple(float(o + s) for o, s in zip(g.origin, shift))
+    origin = tuple(float(o + s) for o, s in zip(g.origin, shift, strict=True))
     return out, Geometry(shape, true_spacing, origin, g.direction)
 
 
@@ -56,8 +58,11 @@ def main() -> None:
         folder = args.out / case.name
         write_image(folder / "imaging.nii.gz", image, sg, overwrite=True)
         write_image(folder / "segmentation.nii.gz", small.astype(np.uint8), sg, overwrite=True)
-        print(f"{case.name}: {g.shape} @ {tuple(round(s, 2) for s in g.spacing)} -> "
-              f"{sg.shape} @ {tuple(round(s, 2) for s in sg.spacing)}", flush=True)
+        print(
+            f"{case.name}: {g.shape} @ {tuple(round(s, 2) for s in g.spacing)} -> "
+            f"{sg.shape} @ {tuple(round(s, 2) for s in sg.spacing)}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
