@@ -167,19 +167,19 @@ def test_missing_and_empty_folders(tmp_path: Path):
 def test_synth_refuses_to_overwrite(tmp_path: Path):
     out = tmp_path / "d"
     out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    (out / "keep.txt").write_text("mine", encoding="utf-8")
     assert_user_error(
         invoke("synth", "--out", out, "--cases", "1", "--shape", "16", "16", "16"), "--overwrite"
     )
-    assert (out / "keep.txt").read_text() == "mine"
+    assert (out / "keep.txt").read_text(encoding="utf-8") == "mine"
 
 
 def test_train_refuses_existing_run_and_bad_names(tmp_path: Path, kits_tiny: Path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text("{}")
+    (run / "config.json").write_text("{}", encoding="utf-8")
     assert_user_error(invoke("train", "--data", kits_tiny, "--out", run), "--overwrite")
-    assert (run / "config.json").read_text() == "{}"
+    assert (run / "config.json").read_text(encoding="utf-8") == "{}"
     assert_user_error(
         invoke("train", "--data", kits_tiny, "--out", tmp_path / "r2", "--model", "nope"),
         "seed",

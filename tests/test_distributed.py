@@ -53,7 +53,14 @@ def torchrun(nproc: int, *args, **kw) -> subprocess.Popen:
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        **kw,
     )
 
 
@@ -64,6 +71,8 @@ def voxseg(*args) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=600,
     )
 
@@ -91,7 +100,7 @@ def test_two_processes_reach_the_weights_of_one(tmp_path: Path, data: Path):
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
     # Only rank 0 wrote files: one metrics row per epoch, no duplicates.
-    assert len((tmp_path / "two" / "metrics.csv").read_text().splitlines()) == 3
+    assert len((tmp_path / "two" / "metrics.csv").read_text(encoding="utf-8").splitlines()) == 3
 
 
 def test_sharded_prediction_writes_the_same_files(tmp_path: Path, data: Path):
@@ -122,12 +131,14 @@ def _workers(parent: int) -> dict[int, int]:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            stat = (entry / "stat").read_text(encoding="utf-8")
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
             if ppid != parent:
                 continue
             env = dict(
-                kv.split("=", 1) for kv in (entry / "environ").read_text().split("\0") if "=" in kv
+                kv.split("=", 1)
+                for kv in (entry / "environ").read_text(encoding="utf-8").split("\0")
+                if "=" in kv
             )
         except (OSError, ValueError):
             continue

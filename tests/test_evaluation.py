@@ -77,7 +77,7 @@ def test_folders_of_masks(folders, tmp_path):
 def test_written_json_is_valid_and_csv_has_every_case(folders, tmp_path):
     result = evaluate(*folders)
     json_path, csv_path = write_results(result, tmp_path / "out" / "metrics.json")
-    data = strict_json(json_path.read_text())
+    data = strict_json(json_path.read_text(encoding="utf-8"))
     assert csv_path == tmp_path / "out" / "metrics.csv"
     case_c = next(c for c in data["cases"] if c["case_id"] == "c")
     assert case_c["hd95_mm"] is None and "null" in data["definitions"]
@@ -144,7 +144,7 @@ def test_summary_of_no_finite_values_is_null_in_json(tmp_path):
     assert s.n == 0 and s.excluded == 2 and math.isnan(s.mean)
     result = EvaluationResult(cases=(), summary={"hd95_mm": s}, totals=_zero_counts())
     path, _ = write_results(result, tmp_path / "m.json")
-    assert strict_json(path.read_text())["summary"]["hd95_mm"]["mean"] is None
+    assert strict_json(path.read_text(encoding="utf-8"))["summary"]["hd95_mm"]["mean"] is None
 
 
 def _zero_counts():

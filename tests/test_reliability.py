@@ -61,7 +61,15 @@ def start(data: Path, run: Path, cache: Path, *extra: str) -> subprocess.Popen:
         *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    )
 
 
 def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
@@ -75,7 +83,7 @@ def wait_for_epoch(run: Path, proc: subprocess.Popen, epoch: int) -> None:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
-            if json.loads((run / "state.json").read_text())["epoch"] >= epoch:
+            if json.loads((run / "state.json").read_text(encoding="utf-8"))["epoch"] >= epoch:
                 return
         except (OSError, ValueError, KeyError):
             pass
@@ -158,7 +166,7 @@ def test_no_intact_checkpoint_is_reported(tmp_path, data):
 
 def test_no_torch_load_on_user_files():
     """Weights come only from safetensors; nothing calls torch.load (pickle)."""
-    offenders = [p for p in SRC.rglob("*.py") if "torch.load(" in p.read_text()]
+    offenders = [p for p in SRC.rglob("*.py") if "torch.load(" in p.read_text(encoding="utf-8")]
     assert offenders == []
 
 

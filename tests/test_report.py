@@ -32,7 +32,8 @@ def run_dir(tmp_path: Path) -> Path:
         "epoch,steps,train_loss,val_loss,val_dice,lr,seconds\n"
         "1,4,0.9,0.95,0.2,0.001,1.5\n"
         "2,4,0.6,0.7,0.55,0.0008,1.4\n"
-        "3,4,0.4,0.5,0.71,0.0005,1.4\n"
+        "3,4,0.4,0.5,0.71,0.0005,1.4\n",
+        encoding="utf-8",
     )
     state = {"epoch": 3, "best_dice": 0.71, "best_epoch": 3, "stopped": "epochs", "history": []}
     (run / "state.json").write_text(json.dumps(state))
@@ -77,7 +78,7 @@ def _pngs(page: str) -> list[bytes]:
 
 def test_full_report_is_self_contained_worst_case_first(run_dir, kits_gt, preds, tmp_path):
     out = write_report(run_dir, tmp_path / "report.html", pred_dir=preds, gt=kits_gt)
-    page = out.read_text()
+    page = out.read_text(encoding="utf-8")
     assert "http://" not in page and "https://" not in page
     assert 'src="file' not in page and "<script" not in page and "<link" not in page
     assert page.count(IMG) == 3  # curves + one overlay per case
@@ -99,10 +100,10 @@ def test_refuses_to_overwrite(run_dir, tmp_path):
 
 
 def test_run_only_and_run_without_metrics(run_dir, tmp_path):
-    page = write_report(run_dir, tmp_path / "a.html").read_text()
+    page = write_report(run_dir, tmp_path / "a.html").read_text(encoding="utf-8")
     assert page.count(IMG) == 1 and "Evaluation" not in page
     (run_dir / "metrics.csv").unlink()
-    page = write_report(run_dir, tmp_path / "b.html").read_text()
+    page = write_report(run_dir, tmp_path / "b.html").read_text(encoding="utf-8")
     assert page.count(IMG) == 0 and "No epochs recorded yet" in page
 
 
@@ -111,14 +112,16 @@ def test_predictions_without_run_and_mask_folder_ground_truth(kits_gt, preds, tm
     masks.mkdir()
     for case in sorted(kits_gt.iterdir()):
         shutil.copy(case / "segmentation.nii.gz", masks / f"{case.name}.nii.gz")
-    page = write_report(None, tmp_path / "r.html", pred_dir=preds, gt=masks).read_text()
+    page = write_report(None, tmp_path / "r.html", pred_dir=preds, gt=masks).read_text(
+        encoding="utf-8"
+    )
     assert page.count(IMG) == 2 and "Training curves" not in page
     assert page.count("no CT image, masks on grey") == 2
 
 
 def test_max_cases_limits_overlays(kits_gt, preds, tmp_path):
     page = write_report(None, tmp_path / "r.html", pred_dir=preds, gt=kits_gt, max_cases=1)
-    page = page.read_text()
+    page = page.read_text(encoding="utf-8")
     assert page.count(IMG) == 1 and f'id="case-{SHIFTED}"' in page
     assert "1 better cases not shown" in page
 
@@ -161,7 +164,7 @@ def test_overlays_do_not_depend_on_file_orientation(tmp_path):
             _to_identity(case / name, lps / case.name / name)
         _to_identity(pred_ipl / f"{case.name}.nii.gz", pred_lps / f"{case.name}.nii.gz")
     pages = [
-        write_report(None, tmp_path / f"{n}.html", pred_dir=p, gt=g).read_text()
+        write_report(None, tmp_path / f"{n}.html", pred_dir=p, gt=g).read_text(encoding="utf-8")
         for n, p, g in (("a", pred_ipl, ipl), ("b", pred_lps, lps))
     ]
     assert len(_pngs(pages[0])) == 2

@@ -93,14 +93,14 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path: Path):
     # Interrupt at the first step of epoch 3 (3 steps per epoch), then resume to the end.
     calls = iter(range(100))
     _run(tmp_path / "part", config, cases, should_stop=lambda late: next(calls) >= 6)
-    state = json.loads((tmp_path / "part" / "state.json").read_text())
+    state = json.loads((tmp_path / "part" / "state.json").read_text(encoding="utf-8"))
     assert state["epoch"] == 2
     _run(tmp_path / "part", config, cases, resume=True)
     full = load_file(str(tmp_path / "full" / "last.safetensors"))
     part = load_file(str(tmp_path / "part" / "last.safetensors"))
     for k in full:
         torch.testing.assert_close(part[k], full[k], rtol=0, atol=0)
-    rows = (tmp_path / "part" / "metrics.csv").read_text().splitlines()
+    rows = (tmp_path / "part" / "metrics.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 5  # header + 4 epochs, no duplicates
 
 
@@ -166,4 +166,4 @@ def test_fit_array_api_like_keras(tmp_path: Path):
     run = fitted.save(tmp_path / "run")
     for f in ("model.safetensors", "config.json", "last.safetensors", "metrics.csv", "curves.png"):
         assert (run / f).is_file(), f
-    assert json.loads((run / "config.json").read_text())["model"]["name"] == "seed"
+    assert json.loads((run / "config.json").read_text(encoding="utf-8"))["model"]["name"] == "seed"

@@ -35,7 +35,7 @@ def _umask() -> int:
 
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

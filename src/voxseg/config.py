@@ -136,7 +136,7 @@ class RunConfig:
     @classmethod
     def load(cls, path: Path) -> RunConfig:
         try:
-            d = json.loads(Path(path).read_text())
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(
                 f"{path}: cannot read configuration ({exc}); retrain or restore it"

@@ -28,7 +28,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def cpu_has_fast_bf16() -> bool:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags

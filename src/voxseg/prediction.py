@@ -78,7 +78,11 @@ def _best_hash(run_dir: Path) -> str | None:
     import json
 
     try:
-        return json.loads((run_dir / "state.json").read_text()).get("files", {}).get(BEST)
+        return (
+            json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
+            .get("files", {})
+            .get(BEST)
+        )
     except (OSError, ValueError):
         return None
 

@@ -91,7 +91,7 @@ def plot_curves(history: Sequence, path: Path) -> Path | None:
 def read_metrics_csv(path: Path) -> list[CurvePoint]:
     """The epochs of a run's metrics.csv; InputError naming the bad line."""
     points = []
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         for line, row in enumerate(csv.DictReader(fh), start=2):
             try:
                 points.append(
@@ -324,7 +324,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], classes=()) -> 
 def _read_json(path: Path) -> dict | None:
     """A JSON object, or None when the file is missing or unreadable (noted by the caller)."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None

@@ -131,7 +131,9 @@ def _store(prepared: PreparedCase, entry: Path) -> None:
 
 
 def _load(entry: Path, case_id: str) -> PreparedCase:
-    record = PreprocessRecord.from_dict(json.loads((entry / "record.json").read_text()))
+    record = PreprocessRecord.from_dict(
+        json.loads((entry / "record.json").read_text(encoding="utf-8"))
+    )
     image = np.load(entry / "image.npy", mmap_mode="r")
     label = np.load(entry / "label.npy", mmap_mode="r")
     if image.shape != record.shape or label.shape != record.shape:

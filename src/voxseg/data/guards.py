@@ -30,7 +30,7 @@ _ITEMSIZE = {
 def available_bytes() -> int | None:
     """MemAvailable from /proc/meminfo (None where it cannot be read)."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError):

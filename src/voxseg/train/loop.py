@@ -232,7 +232,7 @@ def _resume_point(run_dir: Path) -> ResumePoint:
     problems = []
     for path in (run_dir / STATE, ckpt.previous(run_dir / STATE)):
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             problems.append(f"{path.name}: {exc.__class__.__name__}")
             continue
