@@ -41,3 +41,15 @@ def write_text(path: str | Path, text: str) -> None:
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def remove_stale_parts(folder: str | Path, name: str = "*") -> int:
+    """Delete temporary files a killed process left beside `name` (all names by default).
+
+    Only call this for outputs no other live process is writing.
+    """
+    removed = 0
+    for part in Path(folder).glob(f".{name}.*.part*"):
+        part.unlink(missing_ok=True)
+        removed += 1
+    return removed

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from voxseg.atomic import remove_stale_parts
 from voxseg.config import InferConfig, RunConfig
 from voxseg.data.discovery import Case, discover
 from voxseg.data.guards import check_memory
@@ -195,6 +196,7 @@ def iter_predictions(
         )
         del image
         if path is not None:
+            remove_stale_parts(path.parent, path.name)  # this case's leftovers from a crash
             write_mask(path, mask, geometry, overwrite=True)
             if probs is not None:
                 write_image(

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from voxseg.atomic import remove_stale_parts
 from voxseg.config import RunConfig
 from voxseg.data.cache import PreparedCase
 from voxseg.data.dataset import SamplerConfig, epoch_batches, steps_in_epoch
@@ -345,6 +346,8 @@ def train(
     dist = dist or DistContext(0, 1, device)
     is_main = dist.is_main
     optimizer = build_optimizer(model, tc)
+    if is_main:
+        remove_stale_parts(run_dir)  # left by a run killed while writing a checkpoint
     state, note = load_state(run_dir, model, optimizer) if resume else (TrainState(), "")
     if note and log and is_main:
         log(note)
