@@ -38,11 +38,6 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def remove_stale_parts(folder: str | Path, name: str = "*") -> int:
     """Delete temporary files a killed process left beside `name` (all names by default).
 

@@ -11,7 +11,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -456,7 +456,3 @@ def train(
     if (run_dir / BEST).is_file():
         ckpt.load_model_weights(run_dir / BEST, model)  # restore the best epoch's weights
     return state
-
-
-def replace_train(config: RunConfig, **changes) -> RunConfig:
-    return replace(config, train=replace(config.train, **changes))
