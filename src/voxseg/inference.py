@@ -70,6 +70,8 @@ def predict_probabilities(
 ) -> np.ndarray:
     """Foreground probabilities (float32) on the network grid of `net_input` (D, H, W)."""
     device = torch.device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     x = torch.from_numpy(np.array(net_input, dtype=np.float32))[None, None].to(
         device
     )  # copy: memmaps are read-only

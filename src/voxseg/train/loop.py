@@ -272,6 +272,14 @@ def load_state(
     return TrainState(**data), point.note
 
 
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Host array -> device tensor; through pinned memory on CUDA so the copy is asynchronous."""
+    t = torch.from_numpy(array)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -280,11 +288,12 @@ def train_step(
     device: torch.device,
     amp: torch.dtype | None,
     lr: float,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> float:
+    """One optimizer step; `scaler` is needed for fp16 autocast (bf16 and fp32 need none)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    x = torch.from_numpy(batch.image).to(device, non_blocking=True)
-    y = torch.from_numpy(batch.label).to(device, non_blocking=True)
+    x, y = to_device(batch.image, device), to_device(batch.label, device)
     with autocast(device, amp):
         out = model(x)
     if isinstance(out, list | tuple):
@@ -295,10 +304,18 @@ def train_step(
     value = float(loss.detach())
     if not math.isfinite(value):
         return value  # skip the update: one bad step must not poison the weights
-    loss.backward()
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
     # nnU-Net's clip: keeps the rare huge gradient (bf16, tiny patches) from diverging.
     torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     return value
 
 
@@ -355,6 +372,9 @@ def train(
         state.stopped = ""  # resuming continues a run that was cut short, not one that converged
     loss_fn = build_loss(tc.loss)
     amp = autocast_dtype(tc.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch size: autotuned kernels pay off
     pad = pad_value_for(config)
     sampler = SamplerConfig(
         batch_size=tc.batch_size,
@@ -400,7 +420,7 @@ def train(
                 break
             ts = time.monotonic()
             lr = lr_at(state.step, total_steps, tc.lr, tc.schedule)
-            value = train_step(model, optimizer, loss_fn, batch, device, amp, lr)
+            value = train_step(model, optimizer, loss_fn, batch, device, amp, lr, scaler)
             state.step += 1
             bad_steps = 0 if math.isfinite(value) else bad_steps + 1
             if bad_steps >= MAX_BAD_STEPS:
