@@ -33,9 +33,25 @@ class ResBlock(nn.Module):
             self.skip = nn.Conv3d(c_in, c_out, 1, stride=stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _bf16_bug_risk(x, self.conv1.stride[0]):
+            # oneDNN's bfloat16 conv3d weight gradient is garbage when the input depth is one
+            # less than the kernel (torch 2.13 on CPU): the deepest blocks of a small patch hit
+            # it. Those tensors are tiny, so float32 costs nothing there.
+            with torch.autocast(x.device.type, enabled=False):
+                return self._forward(x.float())
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.leaky_relu(self.norm1(self.conv1(x)), _SLOPE)
         y = self.norm2(self.conv2(y))
         return F.leaky_relu(y + self.skip(x), _SLOPE)
+
+
+def _bf16_bug_risk(x: torch.Tensor, stride: int) -> bool:
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return False
+    small = min(min(x.shape[2:]), min(x.shape[2:]) // stride) <= 2
+    return small and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 class UNet3D(nn.Module):

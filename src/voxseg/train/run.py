@@ -212,6 +212,8 @@ def _run(
     grid = config.train.patch_size or config.preprocess.shape
     model.check_shape(tuple(grid))
     model.to(dist.device)
+    if dist.device.type == "cpu":
+        model.to(memory_format=torch.channels_last_3d)  # see train_step
     state = train(
         wrap(model, dist),
         config,
