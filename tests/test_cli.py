@@ -16,6 +16,8 @@ from voxseg.cli import app
 from voxseg.data.io import write_image
 
 runner = CliRunner()
+SEED_16 = ("--model", "seed", "--shape", "16", "16", "16", "--epochs", "1")
+"""A training run small enough that only the input checks matter."""
 
 
 def invoke(*args: str):
@@ -143,14 +145,7 @@ def test_train_on_a_broken_case(tmp_path: Path, kits_tiny: Path, kind: str):
         kits_tiny,
         "--out",
         run,
-        "--model",
-        "seed",
-        "--shape",
-        "16",
-        "16",
-        "16",
-        "--epochs",
-        "1",
+        *SEED_16,
         "--cache",
         tmp_path / "cache",
     )
@@ -227,14 +222,7 @@ def test_absurd_volume_is_refused_before_allocating(tmp_path: Path, kits_tiny: P
         kits_tiny,
         "--out",
         tmp_path / "run",
-        "--model",
-        "seed",
-        "--shape",
-        "16",
-        "16",
-        "16",
-        "--epochs",
-        "1",
+        *SEED_16,
         "--cache",
         tmp_path / "c",
     )

@@ -111,6 +111,26 @@ class ValResult:
     """Per-case validation loss."""
 
 
+def predict_case(
+    model: nn.Module,
+    case: PreparedCase,
+    config: RunConfig,
+    device: torch.device,
+    amp: torch.dtype | None,
+    pad_value: float,
+) -> np.ndarray:
+    """Probabilities on a prepared case's network grid, as `voxseg predict` would compute them."""
+    return predict_probabilities(
+        model,
+        case.image,
+        patch_size=config.train.patch_size,
+        overlap=config.infer.overlap,
+        device=device,
+        amp=amp,
+        pad_value=pad_value,
+    )
+
+
 def validate(
     model: nn.Module,
     cases: Sequence[PreparedCase],
@@ -123,17 +143,9 @@ def validate(
     counts = np.zeros((len(cases), 3), dtype=np.float64)
     losses = []
     for i, case in enumerate(cases):
-        prob = predict_probabilities(
-            model,
-            case.image,
-            patch_size=config.train.patch_size,
-            overlap=0.25,
-            device=device,
-            amp=amp,
-            pad_value=pad_value,
-        )
+        prob = predict_case(model, case, config, device, amp, pad_value)
         target = np.asarray(case.label, dtype=bool)
-        pred = prob >= 0.5
+        pred = prob >= config.infer.threshold
         counts[i] = (np.sum(pred & target), np.sum(pred & ~target), np.sum(~pred & target))
         p = np.clip(prob, 1e-6, 1 - 1e-6)
         bce = -float(np.mean(np.where(target, np.log(p), np.log1p(-p))))

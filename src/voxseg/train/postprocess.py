@@ -12,8 +12,9 @@ from torch import nn
 
 from voxseg.config import RunConfig
 from voxseg.data.cache import PreparedCase
-from voxseg.inference import predict_probabilities
+from voxseg.metrics import ConfusionCounts, dice
 from voxseg.prediction import keep_largest
+from voxseg.train.loop import predict_case
 
 CANDIDATES = (0, 1, 2, 3)
 """0 keeps everything; kidneys come in pairs, so 2 is the usual winner for KiTS."""
@@ -28,11 +29,6 @@ class PostprocessChoice:
     """Mean validation Dice for each candidate."""
 
 
-def _dice(pred: np.ndarray, target: np.ndarray) -> float:
-    denom = pred.sum() + target.sum()
-    return 1.0 if denom == 0 else 2.0 * float(np.sum(pred & target)) / float(denom)
-
-
 def choose_keep_largest(
     model: nn.Module,
     cases: Sequence[PreparedCase],
@@ -44,19 +40,13 @@ def choose_keep_largest(
     scores: dict[int, list[float]] = {n: [] for n in CANDIDATES}
     model.eval()
     for case in cases:
-        prob = predict_probabilities(
-            model,
-            case.image,
-            patch_size=config.train.patch_size,
-            overlap=config.infer.overlap,
-            device=device,
-            amp=amp,
-            pad_value=pad_value,
-        )
+        prob = predict_case(model, case, config, device, amp, pad_value)
         mask = prob >= config.infer.threshold
         target = np.asarray(case.label, dtype=bool)
         for n in CANDIDATES:
-            scores[n].append(_dice(keep_largest(mask, n) if n else mask, target))
+            scores[n].append(
+                dice(ConfusionCounts.from_masks(keep_largest(mask, n) if n else mask, target))
+            )
     means = {n: float(np.mean(v)) if v else 0.0 for n, v in scores.items()}
     best = max(CANDIDATES, key=lambda n: means[n])
     chosen = best if best and means[best] >= means[0] + MIN_GAIN else 0
