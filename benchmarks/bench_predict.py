@@ -78,18 +78,20 @@ def make_run(folder: Path, precision: str) -> Path:
 
     from voxseg.config import InferConfig, ModelConfig, PreprocessConfig, RunConfig, TrainConfig
     from voxseg.models import build_model
-    from voxseg.train.checkpoint import save_model
+    from voxseg.run_folder import RunFolder
+    from voxseg.weights import save_model
 
     config = RunConfig(
         preprocess=PreprocessConfig(mode="spacing", spacing=SPACING),
         model=ModelConfig(name="seed"),
         train=TrainConfig(patch_size=(128, 128, 128), precision=precision),
-        infer=InferConfig(overlap=0.25),
+        infer=InferConfig(window=(128, 128, 128), overlap=0.25),
     )
     folder.mkdir(parents=True, exist_ok=True)
-    config.save(folder / "config.json")
+    run = RunFolder(folder)
+    run.save_config(config)
     torch.manual_seed(0)
-    save_model(folder / "model.safetensors", build_model("seed"))
+    save_model(run.best_weights, build_model("seed"))
     return folder
 
 

@@ -82,7 +82,7 @@ def print_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 class StepClock:
-    """The `ui` that run_training reports to: notes when each training step ends."""
+    """Listens to run_training's progress: notes when each training step ends."""
 
     def __init__(self) -> None:
         self.ends: dict[tuple[int, int], float] = {}
@@ -91,12 +91,11 @@ class StepClock:
     def log(self, message: str) -> None:
         self.messages.append(message)
 
-    def task(self, name: str, total: int):
-        return lambda: None
-
-    def progress(self, p) -> None:
+    def on_progress(self, step) -> None:
+        if not step.task.startswith("epoch "):
+            return
         # The end-of-epoch report repeats the last step's (epoch, step); keep the first.
-        self.ends.setdefault((p.epoch, p.step), time.perf_counter())
+        self.ends.setdefault((int(step.task.split()[1]), step.done), time.perf_counter())
 
     def step_seconds(self) -> list[float]:
         return [
@@ -122,23 +121,24 @@ def voxseg_run(
     name: str, data: Path, steps: int, preset: str | None, batch: int | None, precision: str
 ) -> dict:
     """One real training job of one epoch of `steps` steps; per-step times and voxels/s."""
+    from voxseg.train.loop import TrainHooks
     from voxseg.train.run import TrainOptions, run_training
 
     clock = StepClock()
+    overrides = {"train.epochs": 1, "train.steps_per_epoch": steps, "train.precision": precision}
+    if batch is not None:
+        overrides["train.batch_size"] = batch
     options = TrainOptions(
         data=data,
         out=WORK / "runs" / name,
+        overrides=overrides,
         preset=preset,
-        batch_size=batch,
-        epochs=1,
-        steps_per_epoch=steps,
         overwrite=True,
         device="cpu",
         cache_dir=WORK / "cache",
-        precision=precision,
     )
     started = time.perf_counter()
-    config, _ = run_training(options, clock)
+    config, _ = run_training(options, TrainHooks(on_progress=clock.on_progress, log=clock.log))
     seconds = clock.step_seconds()
     grid = config.train.patch_size or config.preprocess.shape
     voxels = config.train.batch_size * grid[0] * grid[1] * grid[2]
@@ -330,7 +330,7 @@ def main() -> None:
 
 
 def _auto_dtype():
-    from voxseg.inference import autocast_dtype
+    from voxseg.runtime import autocast_dtype
 
     return autocast_dtype("auto", torch.device("cpu"))
 

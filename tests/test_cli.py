@@ -173,6 +173,7 @@ def test_train_refuses_existing_run_and_bad_names(tmp_path: Path, kits_tiny: Pat
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text("{}", encoding="utf-8")
+    (run / "state.json").write_text("{}", encoding="utf-8")
     assert_user_error(invoke("train", "--data", kits_tiny, "--out", run), "--overwrite")
     assert (run / "config.json").read_text(encoding="utf-8") == "{}"
     assert_user_error(
@@ -190,7 +191,7 @@ def test_predict_refuses_pickled_weights(tmp_path: Path, kits_tiny: Path):
 
     run = tmp_path / "run"
     run.mkdir()
-    RunConfig().save(run / "config.json")
+    RunConfig().override({"preprocess.spacing": (1.0, 1.0, 1.0)}).save(run / "config.json")
     torch.save({"x": torch.zeros(1)}, run / "model.safetensors")
     assert_user_error(
         invoke("predict", "--model", run, "--input", kits_tiny, "--output", tmp_path / "o"),

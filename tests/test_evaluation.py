@@ -53,7 +53,7 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
 def test_folders_of_masks(folders, tmp_path):
     pred, gt = folders
     ticks = []
-    result = evaluate(pred, gt, progress=lambda: ticks.append(1))
+    result = evaluate(pred, gt, on_progress=ticks.append)
     assert len(ticks) == 3
     by_id = {c.case_id: c for c in result.cases}
     assert list(by_id) == ["a", "b", "c"]

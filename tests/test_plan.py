@@ -1,9 +1,27 @@
+"""The planner: a fingerprint of the data plus a pure function, so plans are checked exactly."""
+
 from pathlib import Path
 
-import torch
+import pytest
 
+from voxseg.config import RunConfig
 from voxseg.data import discover
-from voxseg.train.plan import MIN_PATCH, patch_for, plan_default, seed_preset
+from voxseg.train.fingerprint import Fingerprint, Intensity, measure_fingerprint
+from voxseg.train.plan import (
+    DEVICE_BUDGETS,
+    MIN_PATCH,
+    TIMED_EPOCHS,
+    patch_for,
+    plan_default,
+    seed_preset,
+)
+
+KITS_LIKE = Fingerprint(
+    case_ids=("a", "b", "c", "d", "e"),
+    shapes=((64, 200, 200), (80, 220, 220), (70, 210, 210), (100, 250, 250), (60, 190, 190)),
+    spacings=((4.5, 1.6, 1.6), (4.0, 1.6, 1.6), (5.0, 1.6, 1.6), (3.0, 1.6, 1.6), (4.5, 1.6, 1.6)),
+    intensity=Intensity(p005=-40.0, p995=300.0, mean=150.0, std=60.0),
+)
 
 
 def test_patch_keeps_the_median_aspect_within_bounds():
@@ -24,17 +42,59 @@ def test_seed_preset_is_the_keras_recipe():
         20,
         3,
     )
-    assert t.patch_size is None and t.schedule == "constant"
+    assert t.patch_size is None and t.schedule == "constant" and t.weight_decay == 0
+    assert c.infer.window is None
 
 
-def test_plan_from_data_and_budget(kits_tiny: Path):
+def test_plan_is_exact_and_ignores_a_noisy_throughput():
+    quiet = plan_default(KITS_LIKE, voxels_per_second=1.5e6, max_minutes=10, device_class="cpu")
+    busy = plan_default(KITS_LIKE, voxels_per_second=0.2e6, max_minutes=10, device_class="cpu")
+    c = quiet.config
+    assert c.preprocess.spacing == (4.5, 1.6, 1.6)  # median; the median case fits the CPU budget
+    # Median extents 300 x 336 x 336 mm, x 0.85 (body crop) / spacing = 56.7 x 178.5 x 178.5.
+    assert quiet.median_shape == (57, 178, 178)
+    # Scaled by (0.6e6 / (57*178*178)) ** (1/3) = 0.69 -> 39.5 x 123 x 123, to multiples of 16.
+    assert c.train.patch_size == (32, 128, 128) and c.infer.window == c.train.patch_size
+    assert c.preprocess.window == (-40.0, 300.0) and (c.preprocess.mean, c.preprocess.std) == (
+        150.0,
+        60.0,
+    )
+    assert c.model.options == {"base_channels": DEVICE_BUDGETS["cpu"].base_channels}
+    # With a time budget the clock ends training: no epoch count, no early stopping.
+    assert (c.train.epochs, c.train.patience, c.train.max_minutes) == (TIMED_EPOCHS, 0, 10)
+    # With a time budget a 7x lower reading changes nothing (the epoch length is a ratio of
+    # validation to step time, in which the throughput cancels); it is only recorded.
+    assert busy.config == c and busy.voxels_per_second == 0.2e6
+    c.validate()
+
+
+def test_plan_coarsens_large_data_within_the_limit():
+    fine = Fingerprint(
+        ("a",), ((600, 512, 512),), ((0.8, 0.78, 0.78),), Intensity(-50, 300, 120, 60)
+    )
+    plan = plan_default(fine, voxels_per_second=1e6, max_minutes=None, device_class="cpu")
+    spacing = plan.config.preprocess.spacing
+    assert spacing == (1.6, 1.56, 1.56)  # every axis at 2x its median: the limit
+    assert any("coarsened to the limit" in n for n in plan.notes)
+    gpu = plan_default(fine, voxels_per_second=1e6, max_minutes=None, device_class="gpu")
+    assert min(gpu.config.preprocess.spacing) < min(spacing)  # a GPU affords a finer grid
+    assert plan.config.train.epochs >= 1 and plan.config.train.patience == RunConfig().train.patience
+
+
+def test_fingerprint_reads_the_data_once_and_round_trips(kits_tiny: Path):
     cases = discover(kits_tiny).labelled
-    plan = plan_default(cases, foreground=None, max_minutes=2.0, device=torch.device("cpu"))
-    c = plan.config
-    lo, hi = c.preprocess.window
-    assert lo < c.preprocess.mean < hi and 120 < c.preprocess.mean < 240  # organ ~180 HU
-    assert c.preprocess.mode == "spacing" and all(s > 0 for s in c.preprocess.spacing)
-    assert c.model.options == {"base_channels": 8}
-    assert all(p % 16 == 0 for p in c.train.patch_size)
-    assert c.train.max_minutes == 2.0 and c.train.epochs >= 1 and c.train.steps_per_epoch >= 25
-    assert plan.voxels_per_second > 0
+    fp = measure_fingerprint(cases, foreground=None)
+    assert fp.case_ids == tuple(c.case_id for c in cases)
+    # conftest writes (16, 20, 24) arrays with spacing (2.5, 1.2, 0.8) and an I,P,L direction.
+    assert set(fp.shapes) == {(24, 20, 16)}
+    assert all(s == pytest.approx((0.8, 1.2, 2.5)) for s in fp.spacings)  # float32 in NIfTI
+    assert 120 < fp.intensity.mean < 240  # the organ is ~180 HU
+    assert Fingerprint.from_dict(fp.to_dict()) == fp
+
+
+@pytest.mark.parametrize("minutes", [None, 2.0])
+def test_plan_from_a_measured_fingerprint_validates(kits_tiny: Path, minutes):
+    fp = measure_fingerprint(discover(kits_tiny).labelled, foreground=None)
+    plan = plan_default(fp, voxels_per_second=1e6, max_minutes=minutes, device_class="cpu")
+    plan.config.validate()
+    assert all(p % 16 == 0 for p in plan.config.train.patch_size)

@@ -11,32 +11,36 @@ import SimpleITK as sitk
 import torch
 
 from tests.conftest import IDENTITY, IPL, blob_case, geometry_for, oblique_direction
-from voxseg.config import ModelConfig, PreprocessConfig, RunConfig, TrainConfig
+from voxseg.config import InferConfig, ModelConfig, PreprocessConfig, RunConfig, TrainConfig
 from voxseg.data.io import read_image, write_image
 from voxseg.errors import OutputExistsError
 from voxseg.models import build_model
 from voxseg.prediction import iter_predictions, load_predictor, predict
-from voxseg.train import checkpoint as ckpt
+from voxseg.run_folder import RunFolder
+from voxseg.weights import save_model
 
 SHAPE = (20, 28, 24)
 
 
 def _run_dir(root: Path, mode: str) -> Path:
     """An untrained but deterministic run folder: the grid is what is under test, not skill."""
-    run = root / f"run_{mode}"
-    run.mkdir()
+    run = RunFolder(root / f"run_{mode}")
+    run.root.mkdir()
     pre = PreprocessConfig(mode=mode, shape=(16, 16, 16), spacing=(2.0, 2.0, 2.0))
-    train = TrainConfig(patch_size=(16, 16, 16) if mode == "spacing" else None, precision="fp32")
+    patch = (16, 16, 16) if mode == "spacing" else None
     config = RunConfig(
-        preprocess=pre, model=ModelConfig("unet", {"base_channels": 4, "depth": 2}), train=train
+        preprocess=pre,
+        model=ModelConfig("unet", {"base_channels": 4, "depth": 2}),
+        train=TrainConfig(patch_size=patch, precision="fp32"),
+        infer=InferConfig(window=patch),
     )
-    config.save(run / "config.json")
+    run.save_config(config)
     torch.manual_seed(0)
     model = build_model("unet", base_channels=4, depth=2)
     with torch.no_grad():  # bias the head so that bright tissue comes out as foreground
         model.heads[0].bias.fill_(0.0)
-    ckpt.save_model(run / "model.safetensors", model)
-    return run
+    save_model(run.best_weights, model)
+    return run.root
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +100,11 @@ def test_folder_prediction_names_skips_and_overwrite(tmp_path: Path, runs):
     predictor = load_predictor(runs["spacing"], device="cpu")
     done = list(iter_predictions(predictor, folder, out))
     assert sorted(p.name for p in out.iterdir()) == ["scan_7.nii.gz", "scan_8.nii.gz"]
-    assert len(done) == 2
-    statuses = []
-    again = list(iter_predictions(predictor, folder, out, on_case=lambda c, s: statuses.append(s)))
-    assert again == [] and statuses == ["exists, skipped"] * 2
+    assert len(done) == 2 and not any(p.skipped for p in done)
+    again = list(iter_predictions(predictor, folder, out))
+    assert [p.skipped for p in again] == [True, True] and all(p.mask is None for p in again)
     (out / "scan_8.nii.gz").write_bytes(b"garbage")  # a damaged output is redone
-    redone = list(iter_predictions(predictor, folder, out))
+    redone = [p for p in iter_predictions(predictor, folder, out) if not p.skipped]
     assert [p.case_id for p in redone] == ["scan_8"]
 
 

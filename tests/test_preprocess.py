@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 from tests.conftest import IDENTITY, IPL, blob_case, geometry_for, oblique_direction
 from voxseg.config import PreprocessConfig
+from voxseg.data.checks import binary_target
 from voxseg.preprocess import (
-    binary_target,
     normalise,
     preprocess_image,
     preprocess_label,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +17,10 @@ import pytest
 from tests.conftest import IDENTITY, IPL, blob_case, geometry_for, write_case
 from voxseg.config import RunConfig
 from voxseg.data.io import write_image
-from voxseg.errors import ConfigError, OutputExistsError
+from voxseg.errors import ConfigError, InputError, OutputExistsError
 from voxseg.geometry import Geometry, Reorientation
-from voxseg.report import best_slices, overlay_png, read_metrics_csv, view_slice, write_report
+from voxseg.report import best_slices, overlay_png, view_slice, write_report
+from voxseg.run_folder import EpochRecord, RunFolder
 
 IMG = '<img src="data:image/png;base64,'
 PERFECT, SHIFTED = "case_00000", "case_00001"
@@ -27,7 +30,8 @@ PERFECT, SHIFTED = "case_00000", "case_00001"
 def run_dir(tmp_path: Path) -> Path:
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text(RunConfig().to_json())
+    config = RunConfig().override({"preprocess.spacing": (2.0, 1.0, 1.0)})
+    (run / "config.json").write_text(config.to_json())
     (run / "metrics.csv").write_text(
         "epoch,steps,train_loss,val_loss,val_dice,lr,seconds\n"
         "1,4,0.9,0.95,0.2,0.001,1.5\n"
@@ -201,9 +205,21 @@ def test_overlay_png_is_small_and_checks_shapes():
         overlay_png(None, label > 0, label[:-1] > 0, (1, 1, 1), "t")
 
 
-def test_read_metrics_csv(run_dir):
-    points = read_metrics_csv(run_dir / "metrics.csv")
+def test_metrics_csv_of_an_older_run_reads(run_dir):
+    """metrics.csv without the smoothed score or time columns (voxseg 0.1) still reads."""
+    points = RunFolder(run_dir).read_metrics()
     assert [p.epoch for p in points] == [1, 2, 3] and points[-1].val_dice == pytest.approx(0.71)
+    assert points[-1].val_score == pytest.approx(0.71) and math.isnan(points[-1].val_seconds)
+
+
+def test_metrics_csv_round_trip(tmp_path):
+    run = RunFolder(tmp_path)
+    rec = EpochRecord(1, 4, 0.5, 0.6, 0.7, 0.65, 1e-3, 2.0, 1.5, 0.2, 0.3, 2.0)
+    run.write_metrics([rec, replace(rec, epoch=2)])
+    assert run.read_metrics() == [rec, replace(rec, epoch=2)]
+    (tmp_path / "metrics.csv").write_text("epoch,steps\nx,1\n", encoding="utf-8")
+    with pytest.raises(InputError, match="metrics.csv:2"):
+        run.read_metrics()
 
 
 def test_report_renders_in_a_browser(run_dir, kits_gt, preds, tmp_path):

@@ -139,7 +139,7 @@ def _write_labels(root: Path, case: str, label: np.ndarray, geometry: Geometry) 
 def test_write_dataset_writes_kits_layout(tmp_path):
     seen = []
     out = tmp_path / "synth"
-    folders = write_dataset(out, 2, shape=SMALL, seed=10, progress=seen.append)
+    folders = write_dataset(out, 2, shape=SMALL, seed=10, on_progress=lambda s: seen.append(s.done))
     assert folders == [out / "case_00000", out / "case_00001"]
     assert seen == [1, 2]
     for i, folder in enumerate(folders):

@@ -13,13 +13,15 @@ from safetensors.torch import load_file
 
 from tests.conftest import blob_case
 from voxseg.api import fit
-from voxseg.config import ModelConfig, PreprocessConfig, RunConfig, TrainConfig
-from voxseg.data.cache import PreparedCase, foreground_positions
+from voxseg.config import InferConfig, ModelConfig, PreprocessConfig, RunConfig, TrainConfig
 from voxseg.geometry import Geometry, Reorientation
 from voxseg.models import build_model
+from voxseg.prepared import PreparedCase, foreground_positions
 from voxseg.preprocess import PreprocessRecord, normalise
+from voxseg.run_folder import RunFolder
 from voxseg.train import loop
-from voxseg.train.loop import lr_at
+from voxseg.train.loop import TrainHooks, lr_at
+from voxseg.train.validation import ValResult
 
 SMALL_UNET = {"base_channels": 4, "depth": 2, "max_channels": 16}
 
@@ -58,23 +60,32 @@ def _config(**train) -> RunConfig:
         preprocess=PreprocessConfig(spacing=(1.0, 1.0, 1.0)),
         model=ModelConfig("unet", dict(SMALL_UNET)),
         train=replace(t, **train),
+        infer=InferConfig(window=(16, 16, 16)),
     )
 
 
-def _run(tmp: Path, config: RunConfig, cases, resume=False, **kw):
+def _run(tmp: Path, config: RunConfig, cases, resume=False, should_stop=None):
     torch.manual_seed(config.train.seed)
     model = build_model(config.model.name, **config.model.options)
     tmp.mkdir(exist_ok=True)
     state = loop.train(
-        model, config, cases[:-1], cases[-1:], tmp, device=torch.device("cpu"), resume=resume, **kw
+        model,
+        config,
+        cases[:-1],
+        cases[-1:],
+        RunFolder(tmp),
+        device=torch.device("cpu"),
+        resume=resume,
+        hooks=TrainHooks(should_stop=should_stop),
     )
     return model, state
 
 
 def test_lr_schedule_is_pure_and_bounded():
-    assert lr_at(0, 100, 1e-3, "cosine") == pytest.approx(1e-3)
-    assert lr_at(100, 100, 1e-3, "cosine") == pytest.approx(1e-5)
-    assert lr_at(50, 100, 1e-3, "constant") == 1e-3
+    assert lr_at(0.0, 1e-3, "cosine") == pytest.approx(1e-3)
+    assert lr_at(1.0, 1e-3, "cosine") == pytest.approx(1e-5)
+    assert lr_at(1.7, 1e-3, "cosine") == pytest.approx(1e-5)  # past the budget: floor
+    assert lr_at(0.5, 1e-3, "constant") == 1e-3
 
 
 def test_overfit_one_case_reaches_high_dice(tmp_path: Path):
@@ -109,19 +120,18 @@ def test_early_stopping_restores_best_epoch(tmp_path: Path, monkeypatch):
     dices = iter([0.5, 0.8, 0.6, 0.7, 0.4, 0.3])
 
     def fake_validate(model, *a, **k):
-        d = next(dices)  # counts (tp, fp, fn) whose Dice 2tp / (2tp + fp + fn) is d
-        return loop.ValResult(0.1, d, np.array([[d, 2 * (1 - d), 0.0]]), np.zeros(1))
+        d = next(dices)
+        return ValResult(np.array([d]), np.array([0.1]), np.array([[d, d, d, d]]))
 
     snapshots = {}
-    real_save = loop.ckpt.save_model
+    real_save = RunFolder.save_best_weights
 
-    def spy_save(path, model):
-        if path.name == loop.BEST:
-            snapshots["best"] = {k: v.clone() for k, v in model.state_dict().items()}
-        return real_save(path, model)
+    def spy_save(self, model, state):
+        snapshots["best"] = {k: v.clone() for k, v in model.state_dict().items()}
+        return real_save(self, model, state)
 
-    monkeypatch.setattr(loop, "validate", fake_validate)
-    monkeypatch.setattr(loop.ckpt, "save_model", spy_save)
+    monkeypatch.setattr(loop, "validate_sharded", fake_validate)
+    monkeypatch.setattr(RunFolder, "save_best_weights", spy_save)
     model, state = _run(tmp_path, _config(epochs=6, patience=2), cases)
     assert state.best_epoch == 2 and state.epoch == 4
     assert "early stopping" in state.stopped

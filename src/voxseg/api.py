@@ -16,14 +16,15 @@ import torch
 from torch import nn
 
 from voxseg.config import DataConfig, ModelConfig, PreprocessConfig, RunConfig, TrainConfig
-from voxseg.data.cache import PreparedCase, foreground_positions
 from voxseg.errors import InputError
 from voxseg.geometry import Geometry, Reorientation
-from voxseg.inference import autocast_dtype, predict_probabilities
+from voxseg.inference import predict_probabilities
+from voxseg.prepared import PreparedCase, foreground_positions
 from voxseg.preprocess import PreprocessRecord
-from voxseg.train.loop import CONFIG, TrainState, train
+from voxseg.run_folder import RunFolder, TrainState
+from voxseg.runtime import autocast_dtype, resolve_device
+from voxseg.train.loop import train
 from voxseg.train.plan import seed_preset
-from voxseg.train.run import resolve_device
 
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -67,12 +68,15 @@ class FittedModel:
     device: torch.device
     _run_dir: Path
 
-    def predict(self, x: np.ndarray, batch_size: int = 1) -> np.ndarray:
-        """Probabilities shaped (N, D, H, W, 1), like Keras's `model.predict`."""
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities shaped (N, D, H, W, 1), like Keras's `model.predict` (one volume at a
+        time, so memory stays that of one volume)."""
         volumes = _volumes(x, "x")
         amp = autocast_dtype(self.config.train.precision, self.device)
         probs = [
-            predict_probabilities(self.model, v, patch_size=None, device=self.device, amp=amp)
+            predict_probabilities(
+                self.model, v, window=self.config.infer.window, device=self.device, amp=amp
+            )
             for v in volumes
         ]
         return np.stack(probs)[..., None]
@@ -144,9 +148,9 @@ def fit(
     net = build_model(config.model.name, **config.model.options)
     net.check_shape(shape)
     net.to(dev)
-    run_dir = Path(tempfile.mkdtemp(prefix="voxseg-fit-"))
-    config.save(run_dir / CONFIG)
-    state = train(net, config, train_cases, val_cases, run_dir, device=dev)
-    plot_curves(state.history, run_dir / "curves.png")
+    run = RunFolder(Path(tempfile.mkdtemp(prefix="voxseg-fit-")))
+    run.save_config(config)
+    state = train(net, config, train_cases, val_cases, run, device=dev)
+    plot_curves(state.history, run.curves_path)
     net.eval()
-    return FittedModel(net, config, state, dev, run_dir)
+    return FittedModel(net, config, state, dev, run.root)

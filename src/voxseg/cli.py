@@ -117,12 +117,9 @@ def synth(
     ] = False,
 ) -> None:
     """Write a KiTS19-layout dataset of synthetic CT-like volumes (Hounsfield units)."""
-    from rich.progress import Progress
-
     from voxseg.synth import write_dataset
 
-    with Progress(console=err_console, transient=True) as bar:
-        task = bar.add_task("synthesising", total=cases)
+    with _ProgressUI(transient=True) as ui:
         written = write_dataset(
             out,
             cases,
@@ -131,7 +128,7 @@ def synth(
             seed=seed,
             labels_dir=labels,
             overwrite=overwrite,
-            progress=lambda _i: bar.advance(task),
+            on_progress=ui.on_progress,
         )
     console.print(f"wrote {len(written)} cases to {out}")
 
@@ -146,18 +143,16 @@ def info(
     """What discovery finds: layout, cases, shapes, spacings, orientations, labels."""
     import json
 
-    from rich.progress import Progress
     from rich.table import Table
 
     from voxseg.data import discover
+    from voxseg.data.inspect import AXES, inspect_dataset
     from voxseg.data.inspect import as_json as info_json
-    from voxseg.data.inspect import inspect_dataset
 
     fg = _parse_foreground(foreground)
     dataset = discover(data)
-    with Progress(console=err_console, transient=True, disable=as_json) as bar:
-        task = bar.add_task("reading headers", total=len(dataset.cases))
-        rows = inspect_dataset(dataset, fg, progress=lambda: bar.advance(task))
+    with _ProgressUI(transient=True, enabled=not as_json) as ui:
+        rows = inspect_dataset(dataset, fg, on_progress=ui.on_progress)
     if as_json:
         print(json.dumps(info_json(dataset, rows), indent=2))
         return
@@ -169,7 +164,9 @@ def info(
     if fractions:
         summary += f"; foreground {100 * min(fractions):.2f}-{100 * max(fractions):.2f} % of voxels"
     table = Table(title=summary, title_justify="left")
-    for col in ("case", "shape (array)", "spacing mm", "orient", "dtype", "labels", "fg %"):
+    axes = AXES.replace(" ", ",")
+    columns = (f"shape {axes}", f"spacing {axes} mm", "file orient", "dtype", "labels", "fg %")
+    for col in ("case", *columns):
         table.add_column(col, justify="right" if col == "fg %" else "left")
     for r in rows:
         table.add_row(
@@ -182,6 +179,11 @@ def info(
             f"{100 * r.foreground_fraction:.2f}" if r.foreground_fraction is not None else "-",
         )
     console.print(table)
+    console.print(
+        f"shape and spacing in the order {AXES} (superior, posterior, left), as "
+        "`voxseg train --shape/--spacing` take them",
+        highlight=False,
+    )
     for note in dataset.notes:
         err_console.print(f"note: {note}", highlight=False)
 
@@ -208,11 +210,10 @@ def main() -> None:
     app()
 
 
-class _TrainUI:
-    """Rich progress for `voxseg train`: case preparation, then epoch/step/loss/Dice/time left."""
+class _ProgressUI:
+    """One Rich bar per kind of task, fed by any `on_progress(Step)` of the package."""
 
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
+    def __init__(self, enabled: bool = True, transient: bool = False) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -221,41 +222,40 @@ class _TrainUI:
             TimeElapsedColumn,
         )
 
+        self.enabled = enabled
         self.bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
+            TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(),
             console=err_console,
             disable=not enabled,
+            transient=transient,
         )
-        self.epoch_task = None
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _ProgressUI:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
 
     def log(self, message: str) -> None:
-        if not self.enabled:
-            return
-        self.bar.console.print(message, highlight=False)
+        if self.enabled:
+            self.bar.console.print(message, highlight=False)
 
-    def task(self, name: str, total: int):
-        task = self.bar.add_task(name, total=total, info="")
-        return lambda: self.bar.advance(task)
-
-    def progress(self, p) -> None:
-        if self.epoch_task is None:
-            self.epoch_task = self.bar.add_task("training", total=p.steps, info="")
-        dice = f"val Dice {p.val_dice:.3f}" if p.val_dice is not None else "val Dice -"
-        eta = (
-            f"~{p.eta_seconds / 60:.1f} min left"
-            if p.eta_seconds not in (None, float("inf"))
-            else ""
-        )
+    def on_progress(self, step) -> None:
+        key = step.task.split()[0]  # "epoch 3" and "epoch 4" share one bar
+        if key not in self.tasks:
+            self.tasks[key] = self.bar.add_task(step.task, total=step.total, detail="")
         self.bar.update(
-            self.epoch_task,
-            completed=p.step,
-            total=p.steps,
-            description=f"epoch {p.epoch}",
-            info=f"loss {p.loss:.4f}  {dice}  {eta}",
+            self.tasks[key],
+            completed=step.done,
+            total=step.total,
+            description=step.task,
+            detail=step.detail,
         )
 
 
@@ -333,6 +333,9 @@ def train(
     epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
     lr: Annotated[float | None, typer.Option("--lr", min=0.0)] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option("--weight-decay", min=0.0, help="Default 0.01 (adamw).")
+    ] = None,
     loss: Annotated[str | None, typer.Option("--loss", help="bce or dice_bce.")] = None,
     optimizer: Annotated[
         str | None, typer.Option("--optimizer", help="adamw, adam or sgd.")
@@ -348,7 +351,7 @@ def train(
         float | None, typer.Option("--max-minutes", min=0.0, help="Time budget.")
     ] = None,
     steps_per_epoch: Annotated[int | None, typer.Option("--steps-per-epoch", min=1)] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int | None, typer.Option("--seed", help="Default 0.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start afresh in an existing --out.")
@@ -367,42 +370,50 @@ def train(
 ) -> None:
     """Train a model; with no options the recipe plans itself from the data and --max-minutes."""
     from voxseg.errors import ConfigError
-    from voxseg.train.run import TrainOptions, run_training
+    from voxseg.run_folder import RunFolder
+    from voxseg.train.loop import INTERRUPTED, TrainHooks
+    from voxseg.train.run import TrainOptions, run_training, time_summary
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_launch_torchrun(nproc))
 
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; choose one")
+    ids = tuple(v.strip() for v in val_cases.split(",") if v.strip()) if val_cases else None
+    given = {  # option -> the config field it sets; only options the user gave count
+        "model.name": model,
+        "data.foreground": _parse_foreground(foreground),
+        "preprocess.shape": shape,
+        "preprocess.spacing": spacing,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "train.lr": lr,
+        "train.weight_decay": weight_decay,
+        "train.loss": loss,
+        "train.optimizer": optimizer,
+        "train.val_fraction": val_fraction,
+        "train.val_cases": ids,
+        "train.patience": patience,
+        "train.max_minutes": max_minutes,
+        "train.steps_per_epoch": steps_per_epoch,
+        "train.seed": seed,
+        "train.precision": precision,
+    }
     options = TrainOptions(
         data=data,
         out=out,
-        model=model,
+        overrides={k: v for k, v in given.items() if v is not None},
         preset=preset,
-        shape=shape,
-        spacing=spacing,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        loss=loss,
-        optimizer=optimizer,
-        val_fraction=val_fraction,
-        val_cases=tuple(v.strip() for v in val_cases.split(",") if v.strip()) if val_cases else (),
-        patience=patience,
-        max_minutes=max_minutes,
-        steps_per_epoch=steps_per_epoch,
-        seed=seed,
         resume=resume,
         overwrite=overwrite,
         device=device,
-        foreground=_parse_foreground(foreground),
         cache_dir=cache,
-        precision=precision,
     )
-    ui = _TrainUI(enabled=os.environ.get("RANK", "0") == "0")
-    with ui.bar, _graceful_interrupt(ui.log) as interrupt:
-        config, state = run_training(options, ui, interrupt)
-    if state.stopped == "interrupted":
+    ui = _ProgressUI(enabled=os.environ.get("RANK", "0") == "0")
+    with ui, _graceful_interrupt(ui.log) as interrupt:
+        hooks = TrainHooks(on_progress=ui.on_progress, log=ui.log, interrupt=interrupt)
+        config, state = run_training(options, hooks)
+    if state.stopped == INTERRUPTED:
         err_console.print(
             f"interrupted; continue with: voxseg train --data {data} --out {out} --resume"
         )
@@ -411,7 +422,9 @@ def train(
         return
     console.print(
         f"stopped: {state.stopped or 'done'}; best validation Dice {state.best_dice:.4f} at epoch "
-        f"{state.best_epoch} of {state.epoch}; model in {out / 'model.safetensors'}"
+        f"{state.best_epoch} of {state.epoch}; trained {time_summary(config, state)}; "
+        f"model in {RunFolder(out).best_weights}",
+        highlight=False,
     )
 
 
@@ -444,13 +457,9 @@ def predict(
     """Predict masks on each input's exact grid (shape, spacing, origin, direction, axis order)."""
     from dataclasses import replace
 
-    from rich.progress import Progress
-
-    from voxseg.data import discover
+    from voxseg.distributed import shard_from_env
     from voxseg.prediction import iter_predictions, load_predictor
-    from voxseg.train.distributed import shard_from_env
 
-    n_cases = len(discover(input).cases)
     predictor = load_predictor(model, device)
     infer = replace(
         predictor.config.infer,
@@ -458,16 +467,8 @@ def predict(
         keep_largest=predictor.config.infer.keep_largest if keep_largest is None else keep_largest,
         **({"overlap": overlap} if overlap is not None else {}),
     )
-    skipped = []
-    with Progress(console=err_console, transient=True) as bar:
-        task = bar.add_task("predicting", total=n_cases)
-
-        def on_case(case_id: str, status: str) -> None:
-            if status != "done":
-                skipped.append(case_id)
-            bar.advance(task)
-
-        done = list(
+    with _ProgressUI(transient=True) as ui:
+        results = list(
             iter_predictions(
                 predictor,
                 input,
@@ -476,14 +477,13 @@ def predict(
                 probabilities=probabilities,
                 overwrite=overwrite,
                 shard=shard_from_env(),
-                on_case=on_case,
+                on_progress=ui.on_progress,
             )
         )
-    if skipped:
-        err_console.print(
-            f"{len(skipped)} outputs already existed and were kept (--overwrite redoes them)"
-        )
-    console.print(f"wrote {len(done)} masks to {output}")
+    kept = sum(r.skipped for r in results)
+    if kept:
+        err_console.print(f"{kept} outputs already existed and were kept (--overwrite redoes them)")
+    console.print(f"wrote {len(results) - kept} masks to {output}")
 
 
 @app.command()
@@ -570,8 +570,9 @@ def demo(
 ) -> None:
     """The whole job on synthetic data: synthesise -> train -> predict -> evaluate -> report."""
     from voxseg.demo import run_demo
+    from voxseg.train.loop import TrainHooks
 
-    ui = _TrainUI()
-    with ui.bar:
-        report_path = run_demo(out, cases=cases, minutes=minutes, ui=ui)
+    with _ProgressUI() as ui:
+        hooks = TrainHooks(on_progress=ui.on_progress, log=ui.log)
+        report_path = run_demo(out, cases=cases, minutes=minutes, hooks=hooks)
     console.print(f"open the report: {report_path.resolve()}")

@@ -12,19 +12,20 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, astuple, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from voxseg.atomic import write_text
+from voxseg.data.checks import binary_target
 from voxseg.data.discovery import discover, require_labelled
 from voxseg.data.io import image_stem, is_image_file, read_image
 from voxseg.errors import InputError
 from voxseg.geometry import Geometry
 from voxseg.metrics import CaseMetrics, ConfusionCounts, case_metrics, dice, iou
-from voxseg.preprocess import binary_target
+from voxseg.progress import ProgressFn, Step, ignore
 
 METRICS = tuple(f.name for f in fields(CaseMetrics) if f.name != "case_id")
 
@@ -83,6 +84,17 @@ def summarise(values: Sequence[float]) -> Summary:
 
 
 @dataclass(frozen=True)
+class CasePair:
+    """The files of one evaluated case."""
+
+    case_id: str
+    pred: Path
+    gt: Path
+    image: Path | None = None
+    """The CT, when the ground truth is a dataset that has one (the report draws on it)."""
+
+
+@dataclass(frozen=True)
 class EvaluationResult:
     cases: tuple[CaseMetrics, ...]
     summary: dict[str, Summary]
@@ -91,6 +103,8 @@ class EvaluationResult:
     """Counts summed over all cases, for the global (dataset-level) Dice and IoU."""
     notes: tuple[str, ...] = ()
     """Things worth knowing that did not stop the evaluation (e.g. predictions without gt)."""
+    pairs: tuple[CasePair, ...] = ()
+    """The files behind `cases`, in the same order."""
 
     @property
     def global_dice(self) -> float:
@@ -138,13 +152,6 @@ def write_results(result: EvaluationResult, out: str | Path) -> tuple[Path, Path
     return out, csv_path
 
 
-@dataclass(frozen=True)
-class _Pair:
-    case_id: str
-    pred: Path
-    gt: Path
-
-
 def _pred_files(pred: Path) -> dict[str, Path]:
     if is_image_file(pred):
         return {image_stem(pred): pred}
@@ -166,19 +173,20 @@ def _pred_files(pred: Path) -> dict[str, Path]:
     return files
 
 
-def _gt_files(gt: Path) -> tuple[dict[str, Path], tuple[str, ...]]:
-    """Case id -> ground-truth mask, and discovery's notes."""
+def _gt_files(gt: Path) -> tuple[dict[str, tuple[Path, Path | None]], tuple[str, ...]]:
+    """Case id -> (ground-truth mask, CT or None), and discovery's notes."""
     if is_image_file(gt):
-        return {image_stem(gt): gt}, ()
+        return {image_stem(gt): (gt, None)}, ()
     dataset = discover(gt)
     if dataset.layout == "folder":  # a plain folder: its files are the masks
-        return {c.case_id: c.image for c in dataset.cases}, dataset.notes
-    return {c.case_id: c.label for c in require_labelled(dataset)}, dataset.notes
+        return {c.case_id: (c.image, None) for c in dataset.cases}, dataset.notes
+    return {c.case_id: (c.label, c.image) for c in require_labelled(dataset)}, dataset.notes
 
 
-def _pair_cases(pred: Path, gt: Path) -> tuple[list[_Pair], list[str]]:
+def pair_cases(pred: Path, gt: Path) -> tuple[list[CasePair], list[str]]:
+    """Each ground-truth case with its prediction; notes on what was left out."""
     if is_image_file(pred) and is_image_file(gt):  # two files: compare them whatever their names
-        return [_Pair(image_stem(pred), pred, gt)], []
+        return [CasePair(image_stem(pred), pred, gt)], []
     preds = _pred_files(pred)
     gts, gt_notes = _gt_files(gt)
     notes = list(gt_notes)
@@ -200,7 +208,7 @@ def _pair_cases(pred: Path, gt: Path) -> tuple[list[_Pair], list[str]]:
     if extra:
         shown = ", ".join(extra[:5]) + (", ..." if len(extra) > 5 else "")
         notes.append(f"{len(extra)} predictions without ground truth ignored ({shown})")
-    return [_Pair(k, preds[k], gts[k]) for k in sorted(gts)], notes
+    return [CasePair(k, preds[k], *gts[k]) for k in sorted(gts)], notes
 
 
 def _grid_difference(pred: Geometry, gt: Geometry) -> str:
@@ -213,7 +221,7 @@ def _grid_difference(pred: Geometry, gt: Geometry) -> str:
     return "grids differ"
 
 
-def _check_same_grid(pair: _Pair, pred: Geometry, gt: Geometry) -> None:
+def _check_same_grid(pair: CasePair, pred: Geometry, gt: Geometry) -> None:
     if not pred.same_grid(gt):
         raise InputError(
             f"{pair.pred}: not on the grid of ground truth {pair.gt} "
@@ -227,10 +235,10 @@ def evaluate(
     gt: str | Path,
     *,
     foreground: tuple[int, ...] | None = None,
-    progress: Callable[[], None] | None = None,
+    on_progress: ProgressFn = ignore,
 ) -> EvaluationResult:
-    """Score every ground-truth case against its prediction; `progress()` after each case."""
-    pairs, notes = _pair_cases(Path(pred), Path(gt))
+    """Score every ground-truth case against its prediction."""
+    pairs, notes = pair_cases(Path(pred), Path(gt))
     cases, totals = [], ConfusionCounts(0, 0, 0, 0)
     for pair in pairs:
         pred_array, pred_geom = read_image(pair.pred)
@@ -240,7 +248,6 @@ def evaluate(
         gt_mask = binary_target(gt_array, foreground).astype(bool)
         totals = totals + ConfusionCounts.from_masks(pred_mask, gt_mask)
         cases.append(case_metrics(pair.case_id, pred_mask, gt_mask, gt_geom.spacing))
-        if progress:
-            progress()
+        on_progress(Step("evaluating", len(cases), len(pairs), pair.case_id))
     summary = {m: summarise([getattr(c, m) for c in cases]) for m in METRICS}
-    return EvaluationResult(tuple(cases), summary, totals, tuple(notes))
+    return EvaluationResult(tuple(cases), summary, totals, tuple(notes), tuple(pairs))

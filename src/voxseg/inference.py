@@ -2,42 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from voxseg.geometry import Shape3
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision`; 'auto' takes bf16 where the hardware runs it fast."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_fast_bf16() else None
-
-
-def cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+from voxseg.runtime import autocast
 
 
 def _pad_to_multiple(
@@ -60,7 +32,7 @@ def predict_probabilities(
     model: nn.Module,
     net_input: np.ndarray,
     *,
-    patch_size: Shape3 | None,
+    window: Shape3 | None,
     overlap: float = 0.25,
     tta: bool = False,
     device: torch.device | str = "cpu",
@@ -68,7 +40,11 @@ def predict_probabilities(
     pad_value: float = 0.0,
     sw_batch_size: int = 1,
 ) -> np.ndarray:
-    """Foreground probabilities (float32) on the network grid of `net_input` (D, H, W)."""
+    """Foreground probabilities (float32) on the network grid of `net_input` (D, H, W).
+
+    `window` is the sliding-window size; None runs the whole volume at once, padded to the
+    model's size divisor.
+    """
     device = torch.device(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -85,7 +61,7 @@ def predict_probabilities(
     total = torch.zeros_like(x)
     for dims in _flips(tta):
         xi = torch.flip(x, dims) if dims else x
-        if patch_size is None:
+        if window is None:
             padded, shape = _pad_to_multiple(xi, divisor, pad_value)
             prob = torch.sigmoid(logits(padded))[..., : shape[0], : shape[1], : shape[2]]
         else:
@@ -93,7 +69,7 @@ def predict_probabilities(
 
             prob = sliding_window_inference(
                 xi,
-                roi_size=tuple(patch_size),
+                roi_size=tuple(window),
                 sw_batch_size=sw_batch_size,
                 predictor=lambda t: torch.sigmoid(logits(t)),
                 overlap=overlap,

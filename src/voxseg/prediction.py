@@ -7,7 +7,7 @@ the input's shape, spacing, origin, direction and array axis order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,12 +27,14 @@ from voxseg.data.io import (
     write_image,
     write_mask,
 )
-from voxseg.errors import ConfigError, InputError
+from voxseg.errors import InputError
 from voxseg.geometry import Geometry
-from voxseg.inference import autocast_dtype, predict_probabilities
+from voxseg.inference import predict_probabilities
+from voxseg.postprocess import keep_largest
 from voxseg.preprocess import preprocess_image, restore, restore_probabilities
-from voxseg.train import checkpoint as ckpt
-from voxseg.train.loop import BEST, CONFIG, pad_value_for
+from voxseg.progress import ProgressFn, Step, ignore
+from voxseg.run_folder import RunFolder
+from voxseg.runtime import autocast_dtype, resolve_device
 
 
 @dataclass(frozen=True)
@@ -46,58 +48,29 @@ class Predictor:
 @dataclass(frozen=True)
 class Prediction:
     case_id: str
-    mask: np.ndarray
-    """uint8 {0, 1}, the source file's array layout."""
+    mask: np.ndarray | None
+    """uint8 {0, 1}, the source file's array layout; None when the case was skipped."""
     geometry: Geometry
     """The source file's geometry (write the mask with it)."""
     probabilities: np.ndarray | None = None
     path: Path | None = None
+    skipped: bool = False
+    """The output already existed on the input's grid and was kept (a rerun)."""
 
 
 def load_predictor(
     run_dir: str | Path, device: str = "auto", precision: str | None = None
 ) -> Predictor:
-    """Rebuild the model from `run_dir/config.json` and load `model.safetensors` (no pickle)."""
+    """Rebuild the model from the run's config.json and load its best weights (no pickle)."""
     from voxseg.models import build_model
-    from voxseg.train.run import resolve_device
 
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise ConfigError(
-            f"{run_dir}: no {CONFIG}; --model must be a run folder made by `voxseg train`"
-        )
-    config = RunConfig.load(run_dir / CONFIG)
+    run = RunFolder(Path(run_dir))
+    config = run.load_config()
     model = build_model(config.model.name, **config.model.options)
-    state = _best_hash(run_dir)
-    ckpt.load_model_weights(run_dir / BEST, model, state)
+    run.load_best_weights(model)
     dev = resolve_device(device)
     model.to(dev).eval()
     return Predictor(model, config, dev, autocast_dtype(precision or config.train.precision, dev))
-
-
-def _best_hash(run_dir: Path) -> str | None:
-    import json
-
-    try:
-        return (
-            json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
-            .get("files", {})
-            .get(BEST)
-        )
-    except (OSError, ValueError):
-        return None
-
-
-def keep_largest(mask: np.ndarray, n: int) -> np.ndarray:
-    """Keep the `n` largest 26-connected components."""
-    from scipy import ndimage
-
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
-    if count <= n:
-        return mask
-    sizes = np.bincount(labels.ravel())[1:]
-    keep = np.argsort(sizes)[::-1][:n] + 1
-    return np.isin(labels, keep)
 
 
 def predict_image(
@@ -112,18 +85,15 @@ def predict_image(
     cfg = predictor.config
     infer = infer or cfg.infer
     net_input, record = preprocess_image(image, geometry, cfg.preprocess)
-    patch = cfg.train.patch_size
-    if patch is not None:  # a volume smaller than the patch is padded by the sliding window
-        patch = tuple(int(p) for p in patch)
-    prob = predict_probabilities(
+    prob = predict_probabilities(  # a volume smaller than the window is padded by it
         predictor.model,
         net_input,
-        patch_size=patch,
+        window=infer.window,
         overlap=infer.overlap,
         tta=infer.tta,
         device=predictor.device,
         amp=predictor.amp,
-        pad_value=pad_value_for(cfg),
+        pad_value=cfg.preprocess.pad_value,
     )
     del net_input
     if infer.keep_largest:
@@ -165,12 +135,13 @@ def iter_predictions(
     probabilities: bool = False,
     overwrite: bool = False,
     shard: tuple[int, int] = (0, 1),
-    on_case: Callable[[str, str], None] | None = None,
+    on_progress: ProgressFn = ignore,
 ) -> Iterator[Prediction]:
-    """Predict every scan under `input_path`; write to `output` when given.
+    """Predict every scan under `input_path` (this shard's share); write to `output` if given.
 
     In a folder, outputs that already exist and read back on the input's grid are skipped
-    (a rerun after a crash finishes the rest); `overwrite` redoes them.
+    (a rerun after a crash finishes the rest) and yielded with `skipped`; `overwrite` redoes
+    them.
     """
     dataset = discover(input_path)
     cases = list(dataset.cases)
@@ -183,13 +154,15 @@ def iter_predictions(
     if single and paths[0] is not None:
         check_output(paths[0], overwrite)
     rank, world = shard
-    for case, path in list(zip(cases, paths, strict=True))[rank::world]:
+    mine = list(zip(cases, paths, strict=True))[rank::world]
+    for i, (case, path) in enumerate(mine, start=1):
+        info = read_info(case.image)
         done = path is not None and path.exists() and not overwrite and not single
-        if done and _is_complete(path, read_info(case.image).geometry):
-            if on_case:
-                on_case(case.case_id, "exists, skipped")
+        if done and _is_complete(path, info.geometry):
+            on_progress(Step("predicting", i, len(mine), f"{case.case_id} exists, kept"))
+            yield Prediction(case.case_id, None, info.geometry, path=path, skipped=True)
             continue
-        check_memory(read_info(case.image))
+        check_memory(info)
         image, geometry = read_image(case.image)
         mask, probs = predict_image(
             predictor, image, geometry, infer, with_probabilities=probabilities
@@ -205,8 +178,7 @@ def iter_predictions(
                     geometry,
                     overwrite=True,
                 )
-        if on_case:
-            on_case(case.case_id, "done")
+        on_progress(Step("predicting", i, len(mine), case.case_id))
         yield Prediction(case.case_id, mask, geometry, probs, path)
 
 
@@ -224,7 +196,8 @@ def predict(
 ) -> list[Prediction]:
     """Python API: predict masks for every scan under `input` with the run in `model`.
 
-    Returns each case's mask and its source geometry; writes files when `output` is given.
+    Returns each predicted case's mask and its source geometry (cases whose output already
+    existed are left out); writes files when `output` is given.
     """
     predictor = load_predictor(model, device)
     infer = replace(
@@ -233,13 +206,12 @@ def predict(
         keep_largest=predictor.config.infer.keep_largest if keep_largest is None else keep_largest,
         **({"overlap": overlap} if overlap is not None else {}),
     )
-    return list(
-        iter_predictions(
-            predictor,
-            Path(input),
-            Path(output) if output else None,
-            infer=infer,
-            probabilities=probabilities,
-            overwrite=overwrite,
-        )
+    results = iter_predictions(
+        predictor,
+        Path(input),
+        Path(output) if output else None,
+        infer=infer,
+        probabilities=probabilities,
+        overwrite=overwrite,
     )
+    return [p for p in results if not p.skipped]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from voxseg.config import PreprocessConfig
+from voxseg.data.checks import binary_target
 from voxseg.geometry import Geometry, Reorientation, Shape3, Vec3
 
 BODY_HU = -500.0
@@ -188,12 +189,6 @@ def resize(
         out = np.empty(shape, dtype=np.float32 if threshold is None else bool)
         _linear_axis0(mid, shape[0], out, chunk, threshold)
     return out
-
-
-def binary_target(label: np.ndarray, foreground: tuple[int, ...] | None) -> np.ndarray:
-    """uint8 {0, 1}: every non-zero label, or only the listed label values."""
-    mask = label != 0 if foreground is None else np.isin(label, foreground)
-    return mask.astype(np.uint8)
 
 
 def plan_record(

@@ -9,35 +9,25 @@ radiological convention, so every case looks the same whatever orientation its f
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from voxseg.atomic import atomic_path, write_text
+from voxseg.config import RunConfig
 from voxseg.errors import ConfigError, InputError
+from voxseg.evaluation import CasePair, EvaluationResult
+from voxseg.run_folder import EpochRecord, RunFolder, TrainState
 
 HU_WINDOW = (-160.0, 240.0)
 """Soft-tissue window for the CT under the overlays."""
 GT_COLOUR = "#22c55e"
 PRED_COLOUR = "#e800e8"
-
-
-@dataclass(frozen=True)
-class CurvePoint:
-    """One row of a run's metrics.csv (the columns of `voxseg.train.loop.EpochRecord`)."""
-
-    epoch: int
-    train_loss: float
-    val_loss: float
-    val_dice: float
 
 
 def _figure(width: float, height: float, dpi: int):
@@ -53,7 +43,7 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _curves_figure(history: Sequence, dpi: int):
+def _curves_figure(history: Sequence[EpochRecord], dpi: int):
     from matplotlib.ticker import MaxNLocator
 
     epochs = [h.epoch for h in history]
@@ -63,11 +53,16 @@ def _curves_figure(history: Sequence, dpi: int):
     ax_loss.plot(epochs, [h.val_loss for h in history], "s-", label="validation")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax_loss.legend()
-    ax_dice.plot(epochs, [h.val_dice for h in history], "o-", color="tab:green")
+    ax_dice.plot(epochs, [h.val_dice for h in history], "o-", color="tab:green", label="epoch")
+    if any(h.val_score != h.val_dice for h in history if math.isfinite(h.val_dice)):
+        ax_dice.plot(
+            epochs, [h.val_score for h in history], "--", color="tab:olive", label="smoothed"
+        )
+        ax_dice.legend()
     scored = [h for h in history if math.isfinite(h.val_dice)]
     title = "Validation Dice"
     if scored:
-        best = max(scored, key=lambda h: h.val_dice)
+        best = max(scored, key=lambda h: h.val_score)
         ax_dice.axvline(best.epoch, color="grey", ls="--", lw=1)
         title += f" (best {best.val_dice:.3f}, epoch {best.epoch})"
     ax_dice.set(xlabel="epoch", ylabel="Dice", title=title, ylim=(0, 1))
@@ -78,7 +73,7 @@ def _curves_figure(history: Sequence, dpi: int):
     return fig
 
 
-def plot_curves(history: Sequence, path: Path) -> Path | None:
+def plot_curves(history: Sequence[EpochRecord], path: Path) -> Path | None:
     """Loss and validation Dice per epoch as a PNG (nothing when there is no epoch yet)."""
     if not history:
         return None
@@ -86,28 +81,6 @@ def plot_curves(history: Sequence, path: Path) -> Path | None:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     return path
-
-
-def read_metrics_csv(path: Path) -> list[CurvePoint]:
-    """The epochs of a run's metrics.csv; InputError naming the bad line."""
-    points = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        for line, row in enumerate(csv.DictReader(fh), start=2):
-            try:
-                points.append(
-                    CurvePoint(
-                        epoch=int(row["epoch"]),
-                        train_loss=float(row["train_loss"]),
-                        val_loss=float(row["val_loss"]),
-                        val_dice=float(row["val_dice"]),
-                    )
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                raise InputError(
-                    f"{path}:{line}: not a voxseg metrics row ({exc}); "
-                    "expected columns epoch,steps,train_loss,val_loss,val_dice,lr,seconds"
-                ) from exc
-    return points
 
 
 # Display of each view from a canonical (S, P, L) volume, radiological convention:
@@ -208,40 +181,10 @@ def overlay_png(
     return _png(fig)
 
 
-@dataclass(frozen=True)
-class _CaseFiles:
-    pred: Path
-    gt: Path
-    image: Path | None
-    """The CT, when the ground truth is a dataset that has one."""
-
-
-def _case_files(pred: Path, gt: Path) -> dict[str, _CaseFiles]:
-    """Case id -> its files, paired as `voxseg.evaluation.evaluate` pairs them."""
-    from voxseg.data.discovery import discover
-    from voxseg.data.io import image_stem, is_image_file
-
-    if is_image_file(pred) and is_image_file(gt):
-        return {image_stem(pred): _CaseFiles(pred, gt, None)}
-    if is_image_file(pred):
-        preds = {image_stem(pred): pred}
-    else:
-        preds = {image_stem(p): p for p in sorted(pred.iterdir()) if is_image_file(p)}
-    if is_image_file(gt):
-        gts = {image_stem(gt): (gt, None)}
-    else:
-        dataset = discover(gt)
-        if dataset.layout == "folder":  # masks only, no CT
-            gts = {c.case_id: (c.image, None) for c in dataset.cases}
-        else:
-            gts = {c.case_id: (c.label, c.image) for c in dataset.labelled}
-    return {k: _CaseFiles(preds[k], *gts[k]) for k in gts if k in preds}
-
-
-def _case_overlay(files: _CaseFiles, foreground: tuple[int, ...] | None, title: str) -> bytes:
+def _case_overlay(files: CasePair, foreground: tuple[int, ...] | None, title: str) -> bytes:
+    from voxseg.data.checks import binary_target
     from voxseg.data.io import read_image
     from voxseg.geometry import Reorientation
-    from voxseg.preprocess import binary_target
 
     gt, geometry = read_image(files.gt)
     pred, _ = read_image(files.pred)
@@ -321,71 +264,57 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], classes=()) -> 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _read_json(path: Path) -> dict | None:
-    """A JSON object, or None when the file is missing or unreadable (noted by the caller)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _run_facts(config: dict, state: dict) -> list[tuple[str, str]]:
-    model = config.get("model", {})
-    prep = config.get("preprocess", {})
-    train = config.get("train", {})
-    resample = prep.get("shape") if prep.get("mode") == "shape" else prep.get("spacing")
+def _run_facts(config: RunConfig, state: TrainState | None) -> list[tuple[str, str]]:
+    p, t = config.preprocess, config.train
+    grid = f"shape {p.shape}" if p.mode == "shape" else f"spacing {p.spacing} mm"
+    target = (
+        "every non-zero label"
+        if config.data.foreground is None
+        else ("labels " + ", ".join(map(str, config.data.foreground)))
+    )
     facts = [
-        ("model", model.get("name", "?")),
-        ("preprocessing", f"{prep.get('mode', '?')} {resample or '(not set)'}"),
-        ("HU window", prep.get("window", "?")),
-        ("loss", train.get("loss", "?")),
-        ("batch size", train.get("batch_size", "?")),
-        ("patch", train.get("patch_size") or "whole volume"),
-        (
-            "optimizer",
-            f"{train.get('optimizer', '?')}, lr {train.get('lr', '?')}, "
-            f"{train.get('schedule', '?')}",
-        ),
+        ("model", f"{config.model.name} {config.model.options or ''}".strip()),
+        ("target", target),
+        ("preprocessing", f"{grid}, HU window {p.window}"),
+        ("loss", t.loss),
+        ("batch size", str(t.batch_size)),
+        ("patch", str(t.patch_size) if t.patch_size else "whole volume"),
+        ("optimizer", f"{t.optimizer}, lr {t.lr:g}, {t.schedule}"),
     ]
-    if "best_dice" in state:
-        facts.append(
-            (
-                "best validation Dice",
-                f"{state['best_dice']:.4f} at epoch {state.get('best_epoch', '?')}",
+    if state is not None:
+        if state.best_epoch:
+            facts.append(
+                ("best validation Dice", f"{state.best_dice:.4f} at epoch {state.best_epoch}")
             )
-        )
-    if "epoch" in state:
-        facts.append(("epochs completed", state["epoch"]))
-    if state.get("stopped"):
-        facts.append(("stopped", state["stopped"]))
-    return [(k, ", ".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in facts]
+        facts.append(("epochs completed", str(state.epoch)))
+        if state.stopped:
+            facts.append(("stopped", state.stopped))
+    return facts
 
 
-def _run_section(run_dir: Path) -> list[str]:
+def _run_section(run: RunFolder) -> list[str]:
     parts = []
-    config = _read_json(run_dir / "config.json")
-    state = _read_json(run_dir / "state.json") or {}
-    if config is None:
-        parts.append(f'<p class="note">No readable config.json in {_e(run_dir)}.</p>')
+    try:
+        config = run.load_config()
+    except ConfigError as exc:
+        parts.append(f'<p class="note">{_e(exc)}</p>')
     else:
-        facts = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in _run_facts(config, state))
-        parts.append(f"<dl>{facts}</dl>")
+        facts = _run_facts(config, run.load_state())
+        parts.append(
+            "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts) + "</dl>"
+        )
     parts.append("<h2>Training curves</h2>")
-    metrics = run_dir / "metrics.csv"
-    history = read_metrics_csv(metrics) if metrics.is_file() else []
+    history = run.read_metrics()
     if history:
         parts.append(_img(_png(_curves_figure(history, dpi=80)), "training curves"))
     else:
         parts.append(
-            f'<p class="note">No epochs recorded yet ({_e(metrics)} missing or empty).</p>'
+            f'<p class="note">No epochs recorded yet ({_e(run.metrics_path)} missing or empty).</p>'
         )
     return parts
 
 
-def _evaluation_section(
-    result, files: dict[str, _CaseFiles], foreground, max_cases: int
-) -> list[str]:
+def _evaluation_section(result: EvaluationResult, foreground, max_cases: int) -> list[str]:
     summary_rows = [
         (
             label,
@@ -415,12 +344,10 @@ def _evaluation_section(
         f"[{HU_WINDOW[0]:g}, {HU_WINDOW[1]:g}] HU; radiological view (patient's left on the "
         "right); slices through the most foreground of either mask.</p>",
     ]
+    files = {pair.case_id: pair for pair in result.pairs}
     for case in worst_first[:max_cases]:
-        source = files.get(case.case_id)
+        source = files[case.case_id]
         parts.append(f'<section class="case" id="case-{_e(case.case_id)}">')
-        if source is None:
-            parts.append(f'<p class="note">{_e(case.case_id)}: files not found.</p></section>')
-            continue
         if source.image is None:
             parts.append(f'<p class="muted">{_e(case.case_id)}: no CT image, masks on grey.</p>')
         png = _case_overlay(source, foreground, f"{case.case_id}: Dice {case.dice:.3f}")
@@ -468,14 +395,17 @@ def write_report(
     if pred_dir is not None:
         facts += [("predictions", str(pred_dir)), ("ground truth", str(gt))]
     parts.append('<p class="muted">' + " · ".join(f"{_e(k)}: {_e(v)}" for k, v in facts) + "</p>")
-    if run_dir is not None:
-        parts += _run_section(Path(run_dir))
+    run = RunFolder(Path(run_dir)) if run_dir is not None else None
+    if run is not None:
+        parts += _run_section(run)
     if pred_dir is not None and gt is not None:
         from voxseg.evaluation import evaluate
 
+        if foreground is None and run is not None and run.config_path.is_file():
+            foreground = run.load_config().data.foreground  # score what the run learned
+
         result = evaluate(pred_dir, gt, foreground=foreground)
-        files = _case_files(Path(pred_dir), Path(gt))
-        parts += _evaluation_section(result, files, foreground, max_cases)
+        parts += _evaluation_section(result, foreground, max_cases)
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -13,7 +13,6 @@ Two sources of anatomy:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from scipy import ndimage
 
 from voxseg.errors import ConfigError, InputError, OutputExistsError
 from voxseg.geometry import Geometry, Reorientation
+from voxseg.progress import ProgressFn, Step, ignore
 
 # Hounsfield units (portal-venous-phase-like contrast).
 AIR = -1000.0
@@ -587,13 +587,13 @@ def write_dataset(
     seed: int = 0,
     labels_dir: Path | None = None,
     overwrite: bool = False,
-    progress: Callable[[int], None] | None = None,
+    on_progress: ProgressFn = ignore,
 ) -> list[Path]:
     """Write ``out/case_XXXXX/{imaging,segmentation}.nii.gz`` (KiTS19 layout); case i uses seed + i.
 
     With `labels_dir`, each case is a real label map copied through unchanged (array, dtype,
     geometry) with an image painted around it; `shape` and `spacing` are then unused.
-    `progress` is called with the number of cases done after each one.
+    `on_progress` hears after each case.
     """
     from voxseg.data.io import read_image, write_image
 
@@ -624,6 +624,5 @@ def write_dataset(
         write_image(folder / "imaging.nii.gz", image, geometry, overwrite=overwrite)
         write_image(folder / "segmentation.nii.gz", label, geometry, overwrite=overwrite)
         written.append(folder)
-        if progress is not None:
-            progress(i + 1)
+        on_progress(Step("synthesising", i + 1, cases))
     return written

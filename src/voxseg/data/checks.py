@@ -1,4 +1,4 @@
-"""Validation of what was read: label values and image/label agreement."""
+"""Labels as read: the binary target, label-value checks and image/label agreement."""
 
 from __future__ import annotations
 
@@ -16,6 +16,12 @@ MAX_LABEL_VALUES = 32
 MAX_CLASS = 31
 """With the default target (every non-zero label), larger values are suspicious (e.g. 255 as
 an 'ignore' marker) and need an explicit --foreground."""
+
+
+def binary_target(label: np.ndarray, foreground: tuple[int, ...] | None) -> np.ndarray:
+    """uint8 {0, 1}: every non-zero label, or only the listed label values."""
+    mask = label != 0 if foreground is None else np.isin(label, foreground)
+    return mask.astype(np.uint8)
 
 
 def label_values(

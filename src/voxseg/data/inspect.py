@@ -1,24 +1,35 @@
-"""What `voxseg info` reports about a dataset."""
+"""What `voxseg info` reports about a dataset.
+
+Shape and spacing are given in the canonical order (superior, posterior, left: z, y, x), the
+order `voxseg train --shape/--spacing` take, whatever the file's array order; the file's own
+orientation code is reported beside them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from voxseg.data.checks import check_pair, label_values
+from voxseg.data.checks import binary_target, check_pair, label_values
 from voxseg.data.discovery import Case, Dataset
 from voxseg.data.io import read_image, read_info
-from voxseg.preprocess import binary_target
+from voxseg.geometry import Reorientation
+from voxseg.progress import ProgressFn, Step, ignore
+
+AXES = "z y x"
+"""Order of `shape` and `spacing`: the canonical S, P, L axes, as --shape/--spacing take them."""
 
 
 @dataclass(frozen=True)
 class CaseInfo:
     case_id: str
     shape: tuple[int, int, int]
+    """Canonical order (AXES)."""
     spacing: tuple[float, float, float]
+    """Millimetres, canonical order (AXES)."""
     orientation: str
+    """The file's own orientation code (e.g. IPL for KiTS19)."""
     dtype: str
     label_dtype: str | None
     label_values: tuple[int, ...] | None
@@ -35,10 +46,11 @@ def inspect_case(case: Case, foreground: tuple[int, ...] | None = None) -> CaseI
         fraction = float(np.count_nonzero(binary_target(label, foreground))) / label.size
         label_dtype = str(label.dtype)
     g = info.geometry
+    axes = Reorientation.to_canonical(g).axes
     return CaseInfo(
         case_id=case.case_id,
-        shape=g.shape,
-        spacing=tuple(round(s, 4) for s in g.spacing),
+        shape=tuple(g.shape[a] for a in axes),
+        spacing=tuple(round(g.spacing[a], 4) for a in axes),
         orientation=g.orientation,
         dtype=info.dtype,
         label_dtype=label_dtype,
@@ -50,13 +62,12 @@ def inspect_case(case: Case, foreground: tuple[int, ...] | None = None) -> CaseI
 def inspect_dataset(
     dataset: Dataset,
     foreground: tuple[int, ...] | None = None,
-    progress: Callable[[], None] | None = None,
+    on_progress: ProgressFn = ignore,
 ) -> list[CaseInfo]:
     rows = []
     for case in dataset.cases:
         rows.append(inspect_case(case, foreground))
-        if progress:
-            progress()
+        on_progress(Step("reading headers", len(rows), len(dataset.cases), case.case_id))
     return rows
 
 
@@ -68,5 +79,7 @@ def as_json(dataset: Dataset, rows: list[CaseInfo]) -> dict:
         "labelled": len(dataset.labelled),
         "unlabelled": len(dataset.unlabelled),
         "notes": list(dataset.notes),
+        "axes": f"shape and spacing in the order {AXES} (superior, posterior, left), "
+        "as train --shape/--spacing take them",
         "rows": [asdict(r) for r in rows],
     }

@@ -17,14 +17,31 @@ _REGISTRY: dict[str, type[nn.Module]] = {"unet": UNet3D, "seed": SeedCNN}
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 """Names `build_model` accepts; the first is the default."""
 
-__all__ = ["MODEL_NAMES", "SeedCNN", "SeedFast", "UNet3D", "build_model", "fuse_seed"]
+__all__ = [
+    "MODEL_NAMES",
+    "SeedCNN",
+    "SeedFast",
+    "UNet3D",
+    "build_model",
+    "fuse_seed",
+    "size_divisor",
+]
+
+
+def size_divisor(name: str, **options: object) -> int:
+    """What the model's spatial input sizes must be multiples of, without building it."""
+    return _model_class(name).size_divisor(**options)
+
+
+def _model_class(name: str) -> type[nn.Module]:
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    return _REGISTRY[name]
 
 
 def build_model(name: str, **options: object) -> nn.Module:
     """Build the registered model `name` with keyword `options` (see each class's __init__)."""
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
-    cls = _REGISTRY[name]
+    cls = _model_class(name)
     valid = tuple(inspect.signature(cls).parameters)
     unknown = sorted(set(options) - set(valid))
     if unknown:

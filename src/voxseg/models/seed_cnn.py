@@ -232,6 +232,11 @@ class SeedCNN(nn.Module):
 
     divisor = 8
 
+    @staticmethod
+    def size_divisor(**_options: object) -> int:
+        """Three 2x poolings: spatial sizes must be multiples of 8."""
+        return 8
+
     def __init__(self, init: Literal["keras", "torch"] = "keras", fast: bool = True) -> None:
         super().__init__()
         if init not in ("keras", "torch"):

@@ -78,7 +78,7 @@ class UNet3D(nn.Module):
                 f"unet option max_channels={max_channels!r} must be an integer >= "
                 f"base_channels ({base_channels})"
             )
-        self.divisor = 2**depth
+        self.divisor = self.size_divisor(depth=depth)
         self.deep_supervision = bool(deep_supervision)
         widths = [min(base_channels * 2**level, max_channels) for level in range(depth + 1)]
 
@@ -104,6 +104,11 @@ class UNet3D(nn.Module):
                 nn.init.kaiming_normal_(m.weight, a=_SLOPE)  # nnU-Net's choice for LeakyReLU
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+
+    @staticmethod
+    def size_divisor(depth: int = 4, **_options: object) -> int:
+        """Spatial sizes must be multiples of this (one halving per level)."""
+        return 2**depth
 
     def check_shape(self, shape: tuple[int, int, int]) -> None:
         """Raise InputError unless every size is a multiple of `divisor` and at least twice it

@@ -1,8 +1,12 @@
-"""The training loop, as functions: one epoch, validation, early stopping, checkpoints.
+"""The training loop, as functions: steps, epochs, early stopping, checkpoints.
 
 Only rank 0 writes files. Everything needed to continue exactly (weights, optimizer, epoch,
 early-stopping state, history) is saved at every epoch boundary; batches are a pure function
 of (seed, epoch, step), so a resumed run continues on the batches it would have seen.
+
+With a time budget (`max_minutes`) the clock, not a forecast, decides: training runs until
+the budget less the final validation is spent, the learning rate follows the elapsed share of
+the budget, and epochs adapt their length so validation stays a bounded share of the time.
 """
 
 from __future__ import annotations
@@ -11,298 +15,83 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from voxseg.atomic import remove_stale_parts
-from voxseg.config import RunConfig
-from voxseg.data.cache import PreparedCase
-from voxseg.data.dataset import SamplerConfig, epoch_batches, steps_in_epoch
-from voxseg.errors import ConfigError, VoxsegError
-from voxseg.inference import autocast, autocast_dtype, predict_probabilities
+from voxseg.config import RunConfig, TrainConfig
+from voxseg.distributed import DistContext, any_rank, barrier
+from voxseg.errors import VoxsegError
 from voxseg.losses import build_loss, deep_supervision_loss
-from voxseg.train import checkpoint as ckpt
-from voxseg.train.checkpoint import unwrap
-from voxseg.train.distributed import DistContext, all_sum, any_rank, barrier
+from voxseg.prepared import PreparedCase
+from voxseg.progress import ProgressFn, Step, ignore
+from voxseg.run_folder import EpochRecord, RunFolder, TrainState
+from voxseg.runtime import autocast, autocast_dtype, to_device
+from voxseg.train.resume import load_checkpoint, save_checkpoint
+from voxseg.train.sampler import Batch, SamplerConfig, epoch_batches, steps_in_epoch
+from voxseg.train.validation import ValResult, validate_sharded
 
-BEST = "model.safetensors"
-LAST = "last.safetensors"
-OPTIM = "optimizer.safetensors"
-STATE = "state.json"
-CONFIG = "config.json"
-METRICS = "metrics.csv"
 GRAD_CLIP = 12.0
 MAX_BAD_STEPS = 20
 """Consecutive non-finite losses after which training is declared diverged."""
+VAL_SHARE = 0.15
+"""With a time budget, epochs last so that validation takes about this share of the time."""
+MIN_EPOCH_STEPS = 10
+MAX_EPOCH_STEPS = 500
 TIME_BUDGET = "time budget"
 INTERRUPTED = "interrupted"
+EPOCH_LIMIT = "epoch limit"
 
 
-@dataclass
-class EpochRecord:
-    epoch: int
-    steps: int
-    train_loss: float
-    val_loss: float
-    val_dice: float
-    lr: float
-    seconds: float
-
-
-@dataclass
-class TrainState:
-    epoch: int = 0
-    """Epochs completed."""
-    step: int = 0
-    best_dice: float = -1.0
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    elapsed: float = 0.0
-    """Training seconds used so far, across resumes."""
-    stopped: str = ""
-    epoch_step: int = 0
-    """Steps of the next epoch already done (a run interrupted mid-epoch resumes there)."""
-    epoch_losses: list[float] = field(default_factory=list)
-    history: list[EpochRecord] = field(default_factory=list)
-    files: dict[str, str] = field(default_factory=dict)
-    """SHA-256 of every checkpoint file, checked on resume."""
+def _nothing(_message: str) -> None:
+    pass
 
 
 @dataclass(frozen=True)
-class Progress:
-    epoch: int
-    step: int
-    steps: int
-    loss: float
-    val_dice: float | None
-    eta_seconds: float | None
+class TrainHooks:
+    """How the loop talks to the outside world."""
+
+    on_progress: ProgressFn = ignore
+    log: Callable[[str], None] = _nothing
+    interrupt: threading.Event | None = None
+    """Set by a Ctrl-C handler: stop after the current step with a checkpoint that resumes
+    mid-epoch exactly."""
+    should_stop: Callable[[bool], bool] | None = None
+    """Given whether the budget is spent, decide to stop (tests cut runs short with it)."""
 
 
-def lr_at(step: int, total: int, base: float, schedule: str) -> float:
-    """Pure learning-rate function: constant, or cosine to 1 % of `base` over `total` steps."""
-    if schedule == "constant" or total <= 0:
+def lr_at(progress: float, base: float, schedule: str) -> float:
+    """Pure learning-rate function of the share of training done (steps or time), in [0, 1]:
+    constant, or cosine from `base` to 1 % of it."""
+    if schedule == "constant":
         return base
-    t = min(step / total, 1.0)
+    t = min(max(progress, 0.0), 1.0)
     return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params, decay = model.parameters(), cfg.weight_decay
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=decay)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=0.99, nesterov=True, weight_decay=cfg.weight_decay
-    )
-
-
-@dataclass(frozen=True)
-class ValResult:
-    loss: float
-    dice: float
-    """Mean over validation cases of per-case Dice (computed from summed confusion counts)."""
-    counts: np.ndarray
-    """(n_cases, 3) true positives, false positives, false negatives."""
-    losses: np.ndarray
-    """Per-case validation loss."""
-
-
-def predict_case(
-    model: nn.Module,
-    case: PreparedCase,
-    config: RunConfig,
-    device: torch.device,
-    amp: torch.dtype | None,
-    pad_value: float,
-) -> np.ndarray:
-    """Probabilities on a prepared case's network grid, as `voxseg predict` would compute them."""
-    return predict_probabilities(
-        model,
-        case.image,
-        patch_size=config.train.patch_size,
-        overlap=config.infer.overlap,
-        device=device,
-        amp=amp,
-        pad_value=pad_value,
-    )
-
-
-def validate(
-    model: nn.Module,
-    cases: Sequence[PreparedCase],
-    config: RunConfig,
-    device: torch.device,
-    amp: torch.dtype | None,
-    pad_value: float,
-) -> ValResult:
-    model.eval()
-    counts = np.zeros((len(cases), 3), dtype=np.float64)
-    losses = []
-    for i, case in enumerate(cases):
-        prob = predict_case(model, case, config, device, amp, pad_value)
-        target = np.asarray(case.label, dtype=bool)
-        pred = prob >= config.infer.threshold
-        counts[i] = (np.sum(pred & target), np.sum(pred & ~target), np.sum(~pred & target))
-        p = np.clip(prob, 1e-6, 1 - 1e-6)
-        bce = -float(np.mean(np.where(target, np.log(p), np.log1p(-p))))
-        soft = 2 * float(np.sum(prob * target)) / (float(prob.sum()) + float(target.sum()) + 1e-5)
-        losses.append(bce + (1 - soft) if config.train.loss == "dice_bce" else bce)
-    model.train()
-    losses = np.asarray(losses, dtype=np.float64)
-    return ValResult(
-        float(losses.mean()) if losses.size else 0.0, dice_from_counts(counts), counts, losses
-    )
-
-
-def validate_sharded(
-    model: nn.Module,
-    cases: Sequence[PreparedCase],
-    config: RunConfig,
-    amp: torch.dtype | None,
-    pad_value: float,
-    dist: DistContext,
-) -> ValResult:
-    """Each rank validates every world-size-th case; per-case confusion counts are summed
-    across ranks (never averaged Dice values), so every rank reaches the same decision."""
-    inner = unwrap(model)
-    mine = list(range(dist.rank, len(cases), dist.world_size))
-    local = validate(inner, [cases[i] for i in mine], config, dist.device, amp, pad_value)
-    counts = np.zeros((len(cases), 3))
-    losses = np.zeros(len(cases))
-    counts[mine] = local.counts
-    losses[mine] = local.losses
-    counts, losses = all_sum(dist, counts), all_sum(dist, losses)
-    return ValResult(float(losses.mean()), dice_from_counts(counts), counts, losses)
-
-
-def dice_from_counts(counts: np.ndarray) -> float:
-    """Mean per-case Dice; a case with no foreground anywhere counts as 1 (both empty)."""
-    if len(counts) == 0:
-        return 0.0
-    tp, fp, fn = counts[:, 0], counts[:, 1], counts[:, 2]
-    denom = 2 * tp + fp + fn
-    return float(np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0)))
-
-
-def pad_value_for(config: RunConfig) -> float:
-    """Normalised value of the lowest HU in the window: what air looks like to the network."""
-    p = config.preprocess
-    return (p.window[0] - p.mean) / max(p.std, 1e-6)
-
-
-def _write_metrics(run_dir: Path, history: list[EpochRecord]) -> None:
-    from voxseg.atomic import write_text
-
-    cols = list(EpochRecord.__dataclass_fields__)
-    lines = [",".join(cols)]
-    for rec in history:
-        lines.append(
-            ",".join(
-                f"{getattr(rec, c):.6g}"
-                if isinstance(getattr(rec, c), float)
-                else str(getattr(rec, c))
-                for c in cols
-            )
-        )
-    write_text(run_dir / METRICS, "\n".join(lines) + "\n")
-
-
-def _save_state(
-    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState
-) -> None:
-    """Write the resumable state; `state.json` is the commit point.
-
-    Each file is rotated to `*.prev.*` before it is replaced, and state.json records the hash
-    of every file, so a kill at any moment leaves one state whose files are all intact.
-    """
-    tensors, plain = ckpt.optimizer_tensors(optimizer)
-    tensors["rng.torch"] = torch.get_rng_state()
-    ckpt.rotate(run_dir / LAST)
-    state.files[LAST] = ckpt.save_model(run_dir / LAST, model)
-    ckpt.rotate(run_dir / OPTIM)
-    state.files[OPTIM] = ckpt.save_tensors(run_dir / OPTIM, tensors)
-    data = asdict(state)
-    data["optimizer"] = plain
-    ckpt.rotate(run_dir / STATE)
-    ckpt.write_json(run_dir / STATE, data)
-
-
-@dataclass(frozen=True)
-class ResumePoint:
-    data: dict
-    files: dict[str, Path]
-    note: str = ""
-
-
-def _resume_point(run_dir: Path) -> ResumePoint:
-    """The newest saved state whose checkpoint files are intact (hash as recorded)."""
-    import json
-
-    problems = []
-    for path in (run_dir / STATE, ckpt.previous(run_dir / STATE)):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            problems.append(f"{path.name}: {exc.__class__.__name__}")
-            continue
-        found = {
-            name: ckpt.find_intact(run_dir / name, sha)
-            for name, sha in data["files"].items()
-            if name in (LAST, OPTIM)
-        }
-        bad = [name for name, f in found.items() if f is None]
-        if not bad and len(found) == 2:
-            note = ""
-            if path.name != STATE:
-                note = f"latest checkpoint damaged ({'; '.join(problems)}); "
-                note += f"resuming from epoch {data['epoch']}"
-            return ResumePoint(data, found, note)
-        problems.append(f"{', '.join(bad) or 'files'} of {path.name} corrupted or missing")
-    if not (run_dir / STATE).exists():
-        raise ConfigError(f"{run_dir}: nothing to resume (no {STATE}); start without --resume")
-    raise ConfigError(
-        f"{run_dir}: no intact checkpoint to resume ({'; '.join(problems)}); "
-        "start afresh with --overwrite"
-    )
-
-
-def load_state(
-    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer
-) -> tuple[TrainState, str]:
-    """Restore a run saved by `_save_state` (used by --resume); the note says if it fell back."""
-    point = _resume_point(run_dir)
-    data = dict(point.data)
-    ckpt.load_model_weights(point.files[LAST], model)
-    tensors = ckpt.load_tensors(point.files[OPTIM])
-    torch.set_rng_state(tensors.pop("rng.torch"))
-    ckpt.restore_optimizer(optimizer, tensors, data.pop("optimizer"))
-    data["history"] = [EpochRecord(**h) for h in data["history"]]
-    return TrainState(**data), point.note
-
-
-def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Host array -> device tensor; through pinned memory on CUDA so the copy is asynchronous."""
-    t = torch.from_numpy(array)
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.99, nesterov=True, weight_decay=decay)
 
 
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     loss_fn: nn.Module,
-    batch,
+    batch: Batch,
     device: torch.device,
     amp: torch.dtype | None,
     lr: float,
-    scaler: torch.amp.GradScaler | None = None,
+    scaler: torch.amp.GradScaler,
 ) -> float:
-    """One optimizer step; `scaler` is needed for fp16 autocast (bf16 and fp32 need none)."""
+    """One optimizer step; `scaler` only scales under fp16 autocast (built disabled otherwise)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     x, y = to_device(batch.image, device), to_device(batch.label, device)
@@ -318,39 +107,67 @@ def train_step(
     value = float(loss.detach())
     if not math.isfinite(value):
         return value  # skip the update: one bad step must not poison the weights
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
     # nnU-Net's clip: keeps the rare huge gradient (bf16, tiny patches) from diverging.
     torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     return value
 
 
-def _record_epoch(
-    state: TrainState, epoch: int, losses, val: ValResult | None, lr, seconds
-) -> float:
-    """Append the epoch to the history and update early stopping; returns the epoch's score."""
-    score = val.dice if val else -float(np.mean(losses))  # no validation: lowest loss is best
-    state.history.append(
-        EpochRecord(
-            epoch,
-            len(losses),
-            float(np.mean(losses)),
-            val.loss if val else float("nan"),
-            val.dice if val else float("nan"),
-            lr,
-            seconds,
-        )
-    )
-    state.epoch, state.epoch_step, state.epoch_losses = epoch, 0, []
-    return score
+@dataclass
+class _Clock:
+    """Wall-clock accounting of a run, across resumes."""
+
+    budget: float
+    """Seconds (inf without a time budget)."""
+    started: float
+    step: float = 0.0
+    """Moving average of one step's seconds (compute and data)."""
+    val: float = 0.0
+    """Seconds of the latest validation."""
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def training_share(self) -> float:
+        """Share of the training time spent (the final validation is not training time)."""
+        return self.elapsed() / max(self.budget - self.val, 1e-9)
+
+    def late(self) -> bool:
+        """True when one more step and the validation after it would overrun the budget."""
+        return self.elapsed() + self.step + self.val > self.budget
+
+    def add_step(self, seconds: float) -> None:
+        self.step = seconds if not self.step else 0.8 * self.step + 0.2 * seconds
+
+
+def epoch_length(tc: TrainConfig, clock: _Clock, planned: int) -> int:
+    """Steps of the next epoch: fixed, or with a time budget as many as keep the last
+    validation at about VAL_SHARE of the epoch's time."""
+    if tc.max_minutes is None or tc.patch_size is None or not clock.val or not clock.step:
+        return planned
+    steps = clock.val * (1 - VAL_SHARE) / VAL_SHARE / clock.step
+    return int(min(MAX_EPOCH_STEPS, max(MIN_EPOCH_STEPS, round(steps))))
+
+
+def _update_best(state: TrainState, tc: TrainConfig, epoch: int, val: ValResult | None, losses):
+    """Smooth the epoch's score, track the best and count epochs without improvement;
+    returns True when this epoch is the new best."""
+    score = val.mean_dice if val else -float(np.mean(losses))  # no validation: lowest loss
+    if state.smoothed is not None and tc.val_smoothing:
+        score = tc.val_smoothing * state.smoothed + (1 - tc.val_smoothing) * score
+    state.smoothed = score
+    if score > state.best_score:
+        state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
+        state.best_dice = val.mean_dice if val else math.nan
+        state.best_postprocess = val.postprocess_means() if val else {}
+        return True
+    state.bad_epochs += 1
+    if tc.patience and state.bad_epochs >= tc.patience and not state.stopped:
+        state.stopped = f"early stopping (no better validation Dice for {tc.patience} epochs)"
+    return False
 
 
 def train(
@@ -358,38 +175,31 @@ def train(
     config: RunConfig,
     train_cases: Sequence[PreparedCase],
     val_cases: Sequence[PreparedCase],
-    run_dir: Path,
+    run: RunFolder,
     *,
     device: torch.device,
     resume: bool = False,
-    on_progress: Callable[[Progress], None] | None = None,
     dist: DistContext | None = None,
-    log: Callable[[str], None] | None = None,
-    should_stop: Callable[[bool], bool] | None = None,
-    interrupt: threading.Event | None = None,
+    hooks: TrainHooks | None = None,
 ) -> TrainState:
-    """Train `model` in place; on return it holds the best epoch's weights.
-
-    `interrupt` (set by a Ctrl-C handler) ends training after the current step with a
-    checkpoint that resumes mid-epoch exactly; `should_stop` lets tests cut a run short.
-    """
+    """Train `model` in place; on return it holds the best epoch's weights."""
     tc = config.train
+    hooks = hooks or TrainHooks()
     dist = dist or DistContext(0, 1, device)
-    is_main = dist.is_main
     optimizer = build_optimizer(model, tc)
-    if is_main:
-        remove_stale_parts(run_dir)  # left by a run killed while writing a checkpoint
-    state, note = load_state(run_dir, model, optimizer) if resume else (TrainState(), "")
-    if note and log and is_main:
-        log(note)
+    if dist.is_main:
+        remove_stale_parts(run.root)  # left by a run killed while writing a checkpoint
+    state, note = load_checkpoint(run, model, optimizer) if resume else (TrainState(), "")
+    if note and dist.is_main:
+        hooks.log(note)
     if state.stopped in (TIME_BUDGET, INTERRUPTED):
         state.stopped = ""  # resuming continues a run that was cut short, not one that converged
     loss_fn = build_loss(tc.loss)
     amp = autocast_dtype(tc.precision, device)
-    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch size: autotuned kernels pay off
-    pad = pad_value_for(config)
+    pad = config.preprocess.pad_value
     sampler = SamplerConfig(
         batch_size=tc.batch_size,
         patch_size=tc.patch_size,
@@ -400,21 +210,25 @@ def train(
         rank=dist.rank,
         world_size=dist.world_size,
     )
-    n_steps = steps_in_epoch(len(train_cases), sampler)
-    total_steps = tc.epochs * n_steps
-    budget = tc.max_minutes * 60 if tc.max_minutes else math.inf
-    started = time.monotonic() - state.elapsed
-    step_seconds = val_seconds = 0.0
+    planned = steps_in_epoch(len(train_cases), sampler)
+    timed = tc.max_minutes is not None
+    clock = _Clock(tc.max_minutes * 60 if timed else math.inf, time.monotonic() - state.elapsed)
+    if state.history and val_cases and math.isfinite(state.history[-1].val_seconds):
+        clock.val = state.history[-1].val_seconds
     bad_steps = 0
     model.train()
 
+    def progress(step: int, n_steps: int) -> float:
+        """Share of training done: of the epochs, or of the time when that is further along."""
+        done = (state.epoch + step / n_steps) / tc.epochs
+        return max(done, clock.training_share()) if timed else done
+
     def stop_reason() -> str:
         """Checked before every step; every rank must agree or DDP would hang."""
-        # Leave room for the step and for the validation that must follow it.
-        late = time.monotonic() - started + step_seconds + val_seconds > budget
-        if should_stop:
-            late = should_stop(late)
-        halted = interrupt is not None and interrupt.is_set()
+        late = clock.late()
+        if hooks.should_stop:
+            late = hooks.should_stop(late)
+        halted = hooks.interrupt is not None and hooks.interrupt.is_set()
         if dist.active:
             late, halted = any_rank(dist, late), any_rank(dist, halted)
         return INTERRUPTED if halted else TIME_BUDGET if late else ""
@@ -422,18 +236,24 @@ def train(
     while state.epoch < tc.epochs and not state.stopped:
         epoch = state.epoch + 1
         t0 = time.monotonic()
+        if not state.epoch_step:
+            state.epoch_steps = epoch_length(tc, clock, planned)
+        n_steps = state.epoch_steps or planned
         losses = list(state.epoch_losses)
-        lr = lr_at(state.step, total_steps, tc.lr, tc.schedule)
-        for i, batch in enumerate(
-            epoch_batches(train_cases, epoch, sampler, pad, start=state.epoch_step),
-            start=state.epoch_step,
-        ):
+        lr = lr_at(progress(state.epoch_step, n_steps), tc.lr, tc.schedule)
+        step_s = data_s = 0.0
+        batches = epoch_batches(
+            train_cases, epoch, sampler, pad, start=state.epoch_step, steps=n_steps
+        )
+        for i in range(state.epoch_step, n_steps):
             state.stopped = stop_reason()
             if state.stopped:
                 state.epoch_step, state.epoch_losses = i, losses
                 break
             ts = time.monotonic()
-            lr = lr_at(state.step, total_steps, tc.lr, tc.schedule)
+            batch = next(batches)
+            tb = time.monotonic()
+            lr = lr_at(progress(i, n_steps), tc.lr, tc.schedule)
             value = train_step(model, optimizer, loss_fn, batch, device, amp, lr, scaler)
             state.step += 1
             bad_steps = 0 if math.isfinite(value) else bad_steps + 1
@@ -444,49 +264,59 @@ def train(
                 )
             if math.isfinite(value):
                 losses.append(value)
-            dt = time.monotonic() - ts
-            step_seconds = dt if not step_seconds else 0.8 * step_seconds + 0.2 * dt
-            if on_progress and is_main:
-                left = min((total_steps - state.step) * step_seconds, budget - (ts - started))
-                last_dice = state.history[-1].val_dice if state.history else None
-                on_progress(
-                    Progress(
-                        epoch,
-                        i + 1,
-                        n_steps,
-                        float(np.mean(losses[-20:] or [math.nan])),
-                        last_dice,
-                        left,
-                    )
+            te = time.monotonic()
+            data_s, step_s = data_s + tb - ts, step_s + te - tb
+            clock.add_step(te - ts)
+            if dist.is_main:
+                hooks.on_progress(
+                    Step(f"epoch {epoch}", i + 1, n_steps, _status(state, losses, clock))
                 )
-        state.elapsed = time.monotonic() - started
+        state.elapsed = clock.elapsed()
         if state.stopped == INTERRUPTED or not losses:
             break  # an interrupted epoch is finished on --resume, not validated half-done
         tv = time.monotonic()
-        val = validate_sharded(model, val_cases, config, amp, pad, dist) if val_cases else None
-        val_seconds = time.monotonic() - tv
-        score = _record_epoch(state, epoch, losses, val, lr, time.monotonic() - t0)
-        if score > state.best_dice:
-            state.best_dice, state.best_epoch, state.bad_epochs = score, epoch, 0
-            if is_main:
-                state.files[BEST] = ckpt.save_model(run_dir / BEST, model)
-        else:
-            state.bad_epochs += 1
-            if tc.patience and state.bad_epochs >= tc.patience and not state.stopped:
-                state.stopped = (
-                    f"early stopping (no better validation Dice for {tc.patience} epochs)"
-                )
-        if on_progress and is_main:
-            dice = val.dice if val else None
-            on_progress(Progress(epoch, len(losses), n_steps, float(np.mean(losses)), dice, None))
-        if is_main:
-            _save_state(run_dir, model, optimizer, state)
-            _write_metrics(run_dir, state.history)
+        val = validate_sharded(model, val_cases, config, amp, dist) if val_cases else None
+        clock.val = time.monotonic() - tv
+        if _update_best(state, tc, epoch, val, losses) and dist.is_main:
+            run.save_best_weights(model, state)
+        state.elapsed = clock.elapsed()
+        state.history.append(
+            EpochRecord(
+                epoch=epoch,
+                steps=len(losses),
+                train_loss=float(np.mean(losses)),
+                val_loss=val.mean_loss if val else math.nan,
+                val_dice=val.mean_dice if val else math.nan,
+                val_score=float(state.smoothed),
+                lr=lr,
+                seconds=time.monotonic() - t0,
+                step_seconds=step_s,
+                data_seconds=data_s,
+                val_seconds=clock.val,
+                elapsed=state.elapsed,
+            )
+        )
+        state.epoch, state.epoch_step, state.epoch_losses = epoch, 0, []
+        if dist.is_main:
+            hooks.on_progress(
+                Step(f"epoch {epoch}", n_steps, n_steps, _status(state, losses, clock))
+            )
+            save_checkpoint(run, model, optimizer, state)
+            run.write_metrics(state.history)
     if state.epoch >= tc.epochs and not state.stopped:
-        state.stopped = "epoch limit"
-    if is_main:
-        _save_state(run_dir, model, optimizer, state)
+        state.stopped = EPOCH_LIMIT
+    if dist.is_main:
+        save_checkpoint(run, model, optimizer, state)
     barrier(dist)  # rank 0 has written the best weights
-    if (run_dir / BEST).is_file():
-        ckpt.load_model_weights(run_dir / BEST, model)  # restore the best epoch's weights
+    if run.best_weights.is_file():
+        run.load_best_weights(model)  # restore the best epoch's weights
     return state
+
+
+def _status(state: TrainState, losses: list[float], clock: _Clock) -> str:
+    loss = float(np.mean(losses[-20:])) if losses else math.nan
+    dice = state.history[-1].val_dice if state.history else math.nan
+    text = f"loss {loss:.4f}  val Dice {'-' if math.isnan(dice) else f'{dice:.3f}'}"
+    if math.isfinite(clock.budget):
+        text += f"  ~{max(clock.budget - clock.elapsed(), 0) / 60:.1f} min left"
+    return text

@@ -1,39 +1,65 @@
-"""Plan the default recipe from the dataset and the time budget, as nnU-Net's planner does.
+"""Plan the default recipe from the dataset's fingerprint, as nnU-Net's planner does.
+
+A pure function of (fingerprint, throughput, budget, device class): no file is read and
+nothing is timed here, so a plan can be tested exactly and reproduced on another machine.
 
 - Intensity: clip to the 0.5-99.5 percentiles of foreground HU, standardise with their mean/std.
-- Spacing: the median spacing, coarsened until the median case fits the voxel budget that
-  the measured training throughput affords in the time budget (so a 10-minute CPU run sees
-  the data many times at a coarser grid instead of once at full resolution).
-- Patch: the median case at that spacing, shrunk evenly so one step takes about a second.
+- Spacing: the median spacing, coarsened (finest axes first, at most MAX_COARSENING times)
+  until the median case fits the device class's voxel budget.
+- Patch: the median case at that spacing, shrunk evenly to the device class's patch size.
+- Schedule: with a time budget the clock ends training and the learning rate follows the
+  elapsed time, so the throughput only sizes the first epoch; without one, the number of
+  epochs is sized for DEFAULT_MINUTES.
+Spacing and patch depend on the data and the device class only: a noisy throughput reading
+on a busy machine cannot make the grid coarser.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
-import torch
 
-from voxseg.config import ModelConfig, RunConfig, TrainConfig
-from voxseg.data.discovery import Case
-from voxseg.data.io import read_image, read_info
-from voxseg.geometry import Reorientation
-from voxseg.preprocess import binary_target
+from voxseg.config import SEED_SHAPE, ModelConfig, RunConfig, TrainConfig
+from voxseg.models import size_divisor
+from voxseg.train.fingerprint import Fingerprint
 
-PASSES = 30.0
-"""How many times the planned budget should let the network see the median case."""
-STEP_SECONDS = 1.0
-"""Target duration of one training step; caps the patch size on slow machines."""
+DeviceClass = Literal["cpu", "gpu"]
+
+
+@dataclass(frozen=True)
+class DeviceBudget:
+    """What one device class affords, in voxels."""
+
+    case_voxels: float
+    """The median case at the planned spacing should not exceed this."""
+    patch_voxels: float
+    """Voxels of one training patch."""
+    base_channels: int
+    """U-Net width: 8 trains ~2x faster than 16 on a CPU and learns kidneys within minutes."""
+
+
+DEVICE_BUDGETS = {
+    "cpu": DeviceBudget(case_voxels=12e6, patch_voxels=0.6e6, base_channels=8),
+    "gpu": DeviceBudget(case_voxels=80e6, patch_voxels=2.5e6, base_channels=32),
+}
+BATCH = 2
 MAX_PATCH = (128, 160, 160)
 MIN_PATCH = 32
 MAX_COARSENING = 2.0
 """Never plan a grid coarser than this times the median spacing: kidneys would lose their shape."""
+BODY_SHARE = 0.85
+"""Share of each axis left after cropping to the body (air around the patient is cut)."""
 DEFAULT_MINUTES = 60.0
-"""Budget the plan assumes when no --max-minutes is given."""
+"""Budget the epoch count is sized for when no --max-minutes is given."""
 VAL_SHARE_INV = 6.0
 """Training time per epoch is about this many times the validation time."""
+TIMED_EPOCHS = 10_000
+"""Epoch cap with a time budget: the clock ends training, not the count."""
+VAL_SMOOTHING = 0.8
+"""Moving-average weight for picking the best model on validation Dice (nnU-Net: 0.9 over
+1000 epochs; our runs have tens of epochs)."""
 
 
 @dataclass(frozen=True)
@@ -41,54 +67,10 @@ class Plan:
     config: RunConfig
     median_spacing: tuple[float, float, float]
     median_shape: tuple[int, int, int]
+    """Of the body-cropped median case at the planned spacing."""
     voxels_per_second: float
+    """The training throughput the plan assumed."""
     notes: tuple[str, ...]
-
-
-def intensity_stats(cases: Sequence[Case], foreground, max_cases: int = 8, seed: int = 0):
-    """(p0.5, p99.5, mean, std) of foreground HU over a sample of cases."""
-    rng = np.random.default_rng(seed)
-    samples = []
-    for case in list(cases)[:max_cases]:
-        image, _ = read_image(case.image)
-        label, _ = read_image(case.label)
-        values = image[binary_target(label, foreground) > 0]
-        if values.size:
-            samples.append(
-                rng.choice(values, min(values.size, 20_000), replace=False).astype(np.float64)
-            )
-    if not samples:
-        return None
-    v = np.concatenate(samples)
-    lo, hi = np.percentile(v, [0.5, 99.5])
-    return float(lo), float(hi), float(v.mean()), float(v.std())
-
-
-def measure_throughput(
-    model_cfg: ModelConfig, device: torch.device, precision: str, side: int = 48
-) -> float:
-    """Training voxels per second of one step on this machine (two timed steps after a warm-up)."""
-    from voxseg.inference import autocast, autocast_dtype
-    from voxseg.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model(model_cfg.name, **model_cfg.options).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    amp = autocast_dtype(precision, device)
-    x = torch.randn(2, 1, side, side, side, device=device)
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        with autocast(device, amp):
-            out = model(x)
-        out = out[0] if isinstance(out, list) else out
-        out.float().mean().backward()
-        opt.step()
-        opt.zero_grad()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return 2 * side**3 / min(times[2:])  # the first steps build kernels; min resists noise
 
 
 def patch_for(median_shape, voxels: float, divisor: int) -> tuple[int, int, int]:
@@ -99,76 +81,89 @@ def patch_for(median_shape, voxels: float, divisor: int) -> tuple[int, int, int]
     patch = []
     for m, cap in zip(median * scale, MAX_PATCH, strict=True):
         side = int(round(m / divisor)) * divisor
-        patch.append(int(min(max(side, MIN_PATCH), cap)))
+        patch.append(int(min(max(side, MIN_PATCH, divisor), cap)))
     return tuple(patch)
 
 
+def plan_spacing(
+    median_spacing: np.ndarray, extent_mm: np.ndarray, case_voxels: float
+) -> tuple[np.ndarray, bool]:
+    """Coarsen the finest axes 10 % at a time until the median case fits `case_voxels`, each
+    axis at most MAX_COARSENING times its median; the flag says that limit was reached."""
+    limit = MAX_COARSENING * median_spacing
+    spacing = median_spacing.copy()
+    while np.prod(extent_mm / spacing) > case_voxels:
+        finest = spacing <= spacing.min() * 1.5
+        grown = np.minimum(np.where(finest, spacing * 1.1, spacing), limit)
+        if np.array_equal(grown, spacing):
+            return spacing, True
+        spacing = grown
+    return spacing, False
+
+
+def planned_model(model: ModelConfig, device_class: DeviceClass) -> ModelConfig:
+    """The U-Net's width by device class, unless the user chose its options."""
+    if model.name == "unet" and not model.options:
+        return replace(model, options={"base_channels": DEVICE_BUDGETS[device_class].base_channels})
+    return model
+
+
 def plan_default(
-    cases: Sequence[Case],
+    fingerprint: Fingerprint,
     *,
-    foreground,
+    voxels_per_second: float,
     max_minutes: float | None,
-    device: torch.device,
+    device_class: DeviceClass,
     base: RunConfig | None = None,
 ) -> Plan:
     base = base or RunConfig()
+    budget = DEVICE_BUDGETS[device_class]
     notes = []
-    infos = [read_info(c.image).geometry for c in cases]
-    spacings = np.array([[g.spacing[a] for a in Reorientation.to_canonical(g).axes] for g in infos])
-    shapes = np.array([[g.shape[a] for a in Reorientation.to_canonical(g).axes] for g in infos])
-    median_spacing = tuple(float(v) for v in np.median(spacings, axis=0))
-    median_extent_mm = np.median(shapes * spacings, axis=0) * 0.85  # body crop trims air
-    stats = intensity_stats(cases, foreground)
+    spacings = np.asarray(fingerprint.spacings, dtype=float)
+    shapes = np.asarray(fingerprint.shapes, dtype=float)
+    median_spacing = np.median(spacings, axis=0)
+    extent_mm = np.median(shapes * spacings, axis=0) * BODY_SHARE
+
     pre = base.preprocess
+    stats = fingerprint.intensity
     if stats:
-        lo, hi, mean, std = stats
         pre = replace(
             pre,
-            window=(round(lo, 1), round(hi, 1)),
-            mean=round(mean, 2),
-            std=round(max(std, 1.0), 2),
+            window=(round(stats.p005, 1), round(stats.p995, 1)),
+            mean=round(stats.mean, 2),
+            std=round(max(stats.std, 1.0), 2),
         )
     else:
         notes.append("no foreground found in the sampled cases: default kidney HU window kept")
 
-    model = base.model
-    if model.name == "unet" and not model.options:
-        # Width by device: 8 base channels train ~2x faster on a CPU (and learn kidneys within
-        # minutes); a GPU affords nnU-Net-like width.
-        model = replace(model, options={"base_channels": 8 if device.type == "cpu" else 32})
-    vps = measure_throughput(model, device, base.train.precision)
-    budget_s = (max_minutes or DEFAULT_MINUTES) * 60.0
-    voxel_budget = vps * budget_s * 0.6 / PASSES  # 60 %: validation and data take the rest
-    spacing = np.array(median_spacing)
-    for _ in range(40):  # coarsen the finest axes first, 10 % at a time
-        if np.prod(median_extent_mm / spacing) <= voxel_budget:
-            break
-        if spacing.min() >= MAX_COARSENING * min(median_spacing):
-            notes.append("time budget is tight for this data: spacing coarsened to the limit")
-            break
-        finest = spacing <= spacing.min() * 1.5
-        spacing = np.where(finest, spacing * 1.1, spacing)
+    model = planned_model(base.model, device_class)
+
+    spacing, limited = plan_spacing(median_spacing, extent_mm, budget.case_voxels)
+    if limited:
+        notes.append("the data is large for this device: spacing coarsened to the limit")
     spacing = tuple(round(float(s), 3) for s in spacing)
-    median_shape = tuple(int(round(e / s)) for e, s in zip(median_extent_mm, spacing, strict=True))
+    median_shape = tuple(int(round(e / s)) for e, s in zip(extent_mm, spacing, strict=True))
+    divisor = size_divisor(model.name, **model.options)
+    patch = patch_for(median_shape, budget.patch_voxels, divisor)
 
-    divisor = 2 ** int(model.options.get("depth", 4)) if model.name == "unet" else 8
-    batch = 2
-    patch_voxels = vps * STEP_SECONDS / batch
-    patch = patch_for(median_shape, patch_voxels, divisor)
-
-    # Schedule: epochs of fixed length, validation a small share of the time, and as many
-    # epochs as the budget affords so the cosine decay ends when the time does.
-    step_s = batch * float(np.prod(patch)) / vps
-    n_val = max(1, round(len(cases) * base.train.val_fraction))
-    val_s = n_val * float(np.prod(median_shape)) * 1.6 / (3.0 * vps)  # overlap, fwd ~3x a step
+    # The first epoch: long enough that validation is ~1/VAL_SHARE_INV of the time; with a
+    # time budget later epochs adapt to what the clock shows.
+    step_s = BATCH * float(np.prod(patch)) / voxels_per_second
+    n_val = max(1, round(len(fingerprint.shapes) * base.train.val_fraction))
+    val_s = n_val * float(np.prod(median_shape)) * 1.6 / (3.0 * voxels_per_second)
     steps_per_epoch = int(min(250, max(25, VAL_SHARE_INV * val_s / step_s)))
-    epochs = base.train.epochs
     if max_minutes:
-        epochs = max(1, int(0.9 * budget_s / (steps_per_epoch * step_s + val_s)))
+        epochs, patience = TIMED_EPOCHS, 0
+    else:
+        minutes = DEFAULT_MINUTES * 60.0
+        epochs = max(1, int(0.9 * minutes / (steps_per_epoch * step_s + val_s)))
+        patience = base.train.patience
     notes.append(
-        f"throughput {vps / 1e6:.2f} Mvoxel/s -> spacing {spacing} mm, median case {median_shape}, "
-        f"patch {patch}, batch {batch}, {epochs} epochs x {steps_per_epoch} steps "
-        f"(~{step_s:.2f} s/step, ~{val_s:.0f} s/validation)"
+        f"spacing {spacing} mm (median {tuple(round(float(s), 3) for s in median_spacing)}), "
+        f"median case {median_shape}, patch {patch}, batch {BATCH} ({device_class} budget); "
+        f"assumed throughput {voxels_per_second / 1e6:.2f} Mvoxel/s -> first epoch "
+        f"{steps_per_epoch} steps (~{step_s:.2f} s/step, ~{val_s:.0f} s/validation)"
+        + ("" if max_minutes else f", {epochs} epochs")
     )
     config = replace(
         base,
@@ -177,14 +172,22 @@ def plan_default(
         train=replace(
             base.train,
             patch_size=patch,
-            batch_size=batch,
+            batch_size=BATCH,
             max_minutes=max_minutes,
             steps_per_epoch=steps_per_epoch,
             epochs=epochs,
-            patience=max(base.train.patience, epochs // 3) if max_minutes else base.train.patience,
+            patience=patience,
+            val_smoothing=VAL_SMOOTHING,
         ),
+        infer=replace(base.infer, window=patch),
     )
-    return Plan(config, median_spacing, median_shape, vps, tuple(notes))
+    return Plan(
+        config,
+        tuple(float(s) for s in median_spacing),
+        median_shape,
+        voxels_per_second,
+        tuple(notes),
+    )
 
 
 def seed_preset(base: RunConfig | None = None) -> RunConfig:
@@ -194,13 +197,14 @@ def seed_preset(base: RunConfig | None = None) -> RunConfig:
     return replace(
         base,
         preprocess=replace(
-            base.preprocess, mode="shape", shape=(128, 128, 128), spacing=None, crop_body=False
+            base.preprocess, mode="shape", shape=SEED_SHAPE, spacing=None, crop_body=False
         ),
         model=ModelConfig(name="seed"),
         train=TrainConfig(
             epochs=20,
             batch_size=4,
             lr=1e-3,
+            weight_decay=0.0,
             optimizer="adam",
             schedule="constant",
             loss="bce",
@@ -214,4 +218,5 @@ def seed_preset(base: RunConfig | None = None) -> RunConfig:
             max_minutes=base.train.max_minutes,
             precision=base.train.precision,
         ),
+        infer=replace(base.infer, window=None),
     )

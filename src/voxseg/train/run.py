@@ -2,196 +2,211 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from voxseg.config import ModelConfig, RunConfig
-from voxseg.data.cache import PreparedCase, default_cache_dir, load_or_prepare
-from voxseg.data.discovery import discover, require_labelled, split_cases
+from voxseg.config import SEED_SHAPE, RunConfig
+from voxseg.data.discovery import Case, discover, require_labelled, split_cases
+from voxseg.distributed import DistContext, barrier, init_from_env, shutdown, wrap
 from voxseg.errors import ConfigError, OutputExistsError
-from voxseg.train.distributed import DistContext, barrier, init_from_env, shutdown, wrap
-from voxseg.train.loop import BEST, CONFIG, LAST, METRICS, OPTIM, STATE, TrainState, train
+from voxseg.postprocess import choose_keep_largest
+from voxseg.prepared import PreparedCase, default_cache_dir, load_or_prepare
+from voxseg.progress import ProgressFn, Step, ignore
+from voxseg.run_folder import RunFolder, TrainState
+from voxseg.runtime import resolve_device
+from voxseg.train.fingerprint import Fingerprint, measure_fingerprint
+from voxseg.train.loop import INTERRUPTED, TrainHooks, train
+from voxseg.train.plan import plan_default, planned_model, seed_preset
+from voxseg.train.throughput import Throughput, measure_throughput
 
-RUN_FILES = (
-    BEST,
-    LAST,
-    OPTIM,
-    STATE,
-    CONFIG,
-    METRICS,
-    "curves.png",
-    "last.prev.safetensors",
-    "optimizer.prev.safetensors",
-    "state.prev.json",
-)
+RESUMABLE = ("train.max_minutes", "train.epochs", "train.patience")
+"""Settings a resumed run may change; any other option must match the saved config."""
 
 
 @dataclass(frozen=True)
 class TrainOptions:
     data: Path
     out: Path
-    model: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Settings the user gave, as {"section.field": value} (`RunConfig.override` checks them)."""
     preset: str | None = None
-    shape: tuple[int, int, int] | None = None
-    spacing: tuple[float, float, float] | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    loss: str | None = None
-    optimizer: str | None = None
-    val_fraction: float | None = None
-    val_cases: tuple[str, ...] = ()
-    patience: int | None = None
-    max_minutes: float | None = None
-    steps_per_epoch: int | None = None
-    seed: int = 0
     resume: bool = False
     overwrite: bool = False
     device: str = "auto"
-    foreground: tuple[int, ...] | None = None
     cache_dir: Path | None = None
-    precision: str | None = None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"--device {name!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is available here; use --device cpu")
-    return device
+def _grid_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """What an explicit grid implies: --shape trains whole volumes, --spacing resamples."""
+    implied = dict(overrides)
+    if overrides.get("preprocess.shape") is not None:
+        implied |= {"preprocess.mode": "shape", "train.patch_size": None, "infer.window": None}
+        if overrides.get("preprocess.spacing") is None:
+            implied["preprocess.spacing"] = None
+    elif overrides.get("preprocess.spacing") is not None:
+        implied |= {"preprocess.mode": "spacing", "preprocess.shape": None}
+    return implied
 
 
-def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    if resume:
-        if not (out / CONFIG).is_file():
-            raise ConfigError(f"{out}: no {CONFIG} to resume from; start without --resume")
-        return
-    existing = [f for f in RUN_FILES if (out / f).exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(
-            f"{out}: already holds a run ({', '.join(existing[:3])}); pass --resume to continue it "
-            "or --overwrite to start afresh"
-        )
-    for f in existing:
-        (out / f).unlink()
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def apply_overrides(config: RunConfig, o: TrainOptions) -> RunConfig:
-    t, p = config.train, config.preprocess
-    if o.shape is not None:
-        p = replace(p, mode="shape", shape=tuple(o.shape), spacing=None)
-        t = replace(t, patch_size=None)
-    if o.spacing is not None:
-        p = replace(p, mode="spacing", spacing=tuple(o.spacing), shape=None)
-    changes = {
-        "epochs": o.epochs,
-        "batch_size": o.batch_size,
-        "lr": o.lr,
-        "loss": o.loss,
-        "optimizer": o.optimizer,
-        "val_fraction": o.val_fraction,
-        "patience": o.patience,
-        "max_minutes": o.max_minutes,
-        "steps_per_epoch": o.steps_per_epoch,
-        "precision": o.precision,
-    }
-    t = replace(t, seed=o.seed, **{k: v for k, v in changes.items() if v is not None})
-    if o.val_cases:
-        t = replace(t, val_cases=tuple(o.val_cases))
-    return replace(config, preprocess=p, train=t)
-
-
-def resolve_config(
-    o: TrainOptions, cases, device: torch.device, log: Callable[[str], None]
-) -> RunConfig:
-    from voxseg.config import DataConfig
-    from voxseg.train.plan import plan_default, seed_preset
-
-    base = RunConfig(data=DataConfig(foreground=o.foreground))
+def check_options(o: TrainOptions) -> RunConfig:
+    """Validate every option before any work (a bad number fails before cases are read)."""
     if o.preset not in (None, "seed", "default"):
         raise ConfigError(
             f"--preset {o.preset!r}: choose 'seed' or leave it out for the planned default"
         )
+    return RunConfig().override(_grid_overrides(o.overrides), complete=False)
+
+
+def resolve_config(
+    o: TrainOptions, fingerprint: Fingerprint, device: torch.device, log: Callable[[str], None]
+) -> tuple[RunConfig, Throughput | None]:
+    """The run's configuration, and the throughput reading when the plan needed one."""
+    wanted = check_options(o)
+    throughput = None
+    base = RunConfig(data=wanted.data, model=wanted.model)
     if o.preset == "seed":
         config = seed_preset(base)
+    elif wanted.model.name == "seed" or "preprocess.shape" in o.overrides:
+        shape = o.overrides.get("preprocess.shape") or SEED_SHAPE
+        config = base.override({"preprocess.mode": "shape", "preprocess.shape": shape})
     else:
-        if o.model:
-            base = replace(base, model=ModelConfig(name=o.model))
-        if o.model == "seed" or (o.shape is not None and o.spacing is None):
-            config = base  # explicit grid: nothing to plan
-        else:
-            plan = plan_default(
-                cases, foreground=o.foreground, max_minutes=o.max_minutes, device=device, base=base
-            )
-            for note in plan.notes:
-                log(f"plan: {note}")
-            config = plan.config
-    config = apply_overrides(config, o).validate()
-    if config.preprocess.mode == "shape" and config.preprocess.shape is None:
-        config = replace(
-            config, preprocess=replace(config.preprocess, shape=(128, 128, 128), spacing=None)
+        device_class = "gpu" if device.type == "cuda" else "cpu"
+        throughput = measure_throughput(
+            planned_model(base.model, device_class),
+            device,
+            o.overrides.get("train.precision", "auto"),
         )
+        plan = plan_default(
+            fingerprint,
+            voxels_per_second=throughput.voxels_per_second,
+            max_minutes=o.overrides.get("train.max_minutes"),
+            device_class=device_class,
+            base=base,
+        )
+        low, high = min(throughput.readings), max(throughput.readings)
+        log(f"plan: throughput readings {low / 1e6:.2f}-{high / 1e6:.2f} Mvoxel/s")
+        for note in plan.notes:
+            log(f"plan: {note}")
+        config = plan.config
+    config = config.override(_grid_overrides(o.overrides))
     if config.preprocess.mode == "spacing" and config.train.patch_size is None:
         raise ConfigError(
             "resampling to a spacing needs patches; give --shape for whole-volume training"
         )
-    return config
+    return config, throughput
+
+
+def prepare_run_dir(run: RunFolder, resume: bool, overwrite: bool) -> None:
+    """Refuse to replace a run's results; a folder a failed start left (config, fingerprint,
+    no checkpoint) is simply reused."""
+    if resume:
+        if not run.config_path.is_file():
+            raise ConfigError(f"{run.root}: no config.json to resume from; start without --resume")
+        return
+    if run.root.exists() and not run.root.is_dir():
+        raise OutputExistsError(f"{run.root}: is a file; give a folder for the run")
+    existing = run.files()
+    started = run.load_state() is not None or run.best_weights.exists()
+    if existing and started and not overwrite:
+        names = ", ".join(p.name for p in existing[:3])
+        raise OutputExistsError(
+            f"{run.root}: already holds a run ({names}); pass --resume to continue it "
+            "or --overwrite to start afresh"
+        )
+    for path in existing:
+        path.unlink()
+    run.root.mkdir(parents=True, exist_ok=True)
+
+
+def check_resume(o: TrainOptions, run: RunFolder, cases: Sequence[Case]) -> dict[str, Any]:
+    """The settings a resumed run changes; refuse anything that would mix two runs."""
+    saved = run.load_config()
+    changes = {}
+    for key, value in _grid_overrides(o.overrides).items():
+        section, _, name = key.partition(".")
+        current = getattr(getattr(saved, section), name)
+        if isinstance(current, tuple) and value is not None:
+            value = tuple(value)
+        if value == current:
+            continue
+        if key not in RESUMABLE:
+            raise ConfigError(
+                f"--{name.replace('_', '-')} {value!r}: a resumed run keeps its settings "
+                f"({run.config_path} has {current!r}); drop the option, or start afresh "
+                "with --overwrite"
+            )
+        changes[key] = value
+    record = run.load_fingerprint()
+    if record and "fingerprint" in record:
+        before = set(record["fingerprint"]["case_ids"])
+        now = {c.case_id for c in cases}
+        if before != now:
+            raise ConfigError(
+                f"{o.data}: not the dataset {run.root} was trained on "
+                f"({len(before ^ now)} cases differ); resume with the same --data"
+            )
+    return changes
 
 
 def prepare_cases(
-    cases, config: RunConfig, cache_dir: Path | None, advance: Callable[[], None]
+    cases: Sequence[Case], config: RunConfig, cache_dir: Path | None, on_progress: ProgressFn
 ) -> list[PreparedCase]:
     out = []
-    for case in cases:
+    for i, case in enumerate(cases):
         out.append(load_or_prepare(case, config.preprocess, config.data.foreground, cache_dir))
-        advance()
+        on_progress(Step("preparing cases", i + 1, len(cases)))
     return out
 
 
-def run_training(o: TrainOptions, ui, interrupt=None) -> tuple[RunConfig, TrainState]:
-    """The whole `voxseg train` job; `ui` gives `log(str)`, `task(name, total)`, `progress`.
+def run_training(o: TrainOptions, hooks: TrainHooks | None = None) -> tuple[RunConfig, TrainState]:
+    """The whole `voxseg train` job.
 
     Under torchrun every process runs this; rank 0 plans, writes and logs, the others wait at
     barriers and then read what rank 0 wrote, so all ranks train with one configuration.
     """
-    from voxseg.models import build_model
-
+    check_options(o)
     dist = init_from_env(resolve_device(o.device))
     try:
-        return _run(o, ui, dist, build_model, interrupt)
+        return _run(o, hooks or TrainHooks(), dist)
     finally:
         shutdown()
 
 
-def _run(
-    o: TrainOptions, ui, dist: DistContext, build_model, interrupt
-) -> tuple[RunConfig, TrainState]:
-    log = ui.log if dist.is_main else (lambda _m: None)
+def _run(o: TrainOptions, hooks: TrainHooks, dist: DistContext) -> tuple[RunConfig, TrainState]:
+    from voxseg.models import build_model
+
+    log = hooks.log if dist.is_main else (lambda _m: None)
+    run = RunFolder(o.out)
     dataset = discover(o.data)
+    foreground = o.overrides.get("data.foreground")
     if dist.is_main:  # the others read the configuration rank 0 resolved
-        prepare_run_dir(o.out, o.resume, o.overwrite)
-        if not o.resume:
-            resolve_config(o, require_labelled(dataset, 2), dist.device, log).save(o.out / CONFIG)
+        prepare_run_dir(run, o.resume, o.overwrite)
+        if o.resume:
+            changes = check_resume(o, run, dataset.labelled)
+            if changes:
+                run.save_config(run.load_config().override(changes))
+                log("resuming with " + ", ".join(f"{k} = {v}" for k, v in changes.items()))
+        else:
+            labelled = require_labelled(dataset, 2)
+            fingerprint = measure_fingerprint(labelled, foreground)
+            config, throughput = resolve_config(o, fingerprint, dist.device, log)
+            record = {"fingerprint": fingerprint.to_dict()}
+            if throughput:
+                record["throughput"] = asdict(throughput)
+            run.save_fingerprint(record)
+            run.save_config(config)
     barrier(dist)
-    config = RunConfig.load(o.out / CONFIG)
-    if o.resume and o.max_minutes is not None:
-        config = replace(config, train=replace(config.train, max_minutes=o.max_minutes))
-    labelled = require_labelled(
-        dataset, 2 if config.train.val_fraction > 0 or config.train.val_cases else 1
-    )
+    config = run.load_config()
+    tc = config.train
+    labelled = require_labelled(dataset, 2 if tc.val_fraction > 0 or tc.val_cases else 1)
     train_cases, val_cases = split_cases(
-        labelled,
-        val_fraction=config.train.val_fraction,
-        val_cases=config.train.val_cases,
-        seed=config.train.seed,
+        labelled, val_fraction=tc.val_fraction, val_cases=tc.val_cases, seed=tc.seed
     )
     log(
         f"{len(train_cases)} training and {len(val_cases)} validation cases "
@@ -201,16 +216,15 @@ def _run(
     cache_dir = o.cache_dir or default_cache_dir()
     cases = [*train_cases, *val_cases]
     if dist.is_main:  # rank 0 fills the cache; the others then only memory-map it
-        prepared = prepare_cases(cases, config, cache_dir, ui.task("preparing cases", len(cases)))
+        prepared = prepare_cases(cases, config, cache_dir, hooks.on_progress)
     barrier(dist)
     if not dist.is_main:
-        prepared = prepare_cases(cases, config, cache_dir, lambda: None)
+        prepared = prepare_cases(cases, config, cache_dir, ignore)
     train_prepared, val_prepared = prepared[: len(train_cases)], prepared[len(train_cases) :]
 
-    torch.manual_seed(config.train.seed)
+    torch.manual_seed(tc.seed)
     model = build_model(config.model.name, **config.model.options)
-    grid = config.train.patch_size or config.preprocess.shape
-    model.check_shape(tuple(grid))
+    model.check_shape(tuple(tc.patch_size or config.preprocess.shape))
     model.to(dist.device)
     if dist.device.type == "cpu":
         model.to(memory_format=torch.channels_last_3d)  # see train_step
@@ -219,37 +233,55 @@ def _run(
         config,
         train_prepared,
         val_prepared,
-        o.out,
+        run,
         device=dist.device,
         resume=o.resume,
-        on_progress=ui.progress,
         dist=dist,
-        log=log,
-        interrupt=interrupt,
+        hooks=hooks,
     )
     if dist.is_main:
         from voxseg.report import plot_curves
 
-        plot_curves(state.history, o.out / "curves.png")
-        if val_prepared and state.stopped != "interrupted":
-            config = _choose_postprocessing(model, config, val_prepared, dist.device, o.out, log)
+        plot_curves(state.history, run.curves_path)
+        if val_prepared and state.stopped != INTERRUPTED and state.best_postprocess:
+            config = _choose_postprocessing(run, config, state, log)
     return config, state
 
 
 def _choose_postprocessing(
-    model, config: RunConfig, val_cases, device, out: Path, log
+    run: RunFolder, config: RunConfig, state: TrainState, log: Callable[[str], None]
 ) -> RunConfig:
-    """Pick keep-largest-components on the validation cases and record it in config.json."""
-    from voxseg.inference import autocast_dtype
-    from voxseg.train.loop import pad_value_for
-    from voxseg.train.postprocess import choose_keep_largest
-
-    amp = autocast_dtype(config.train.precision, device)
-    choice = choose_keep_largest(model, val_cases, config, device, amp, pad_value_for(config))
-    scores = ", ".join(
-        f"{'all' if n == 0 else f'largest {n}'}: {d:.4f}" for n, d in choice.dice.items()
-    )
-    log(f"post-processing on validation ({scores}) -> keep_largest={choice.keep_largest}")
-    config = replace(config, infer=replace(config.infer, keep_largest=choice.keep_largest))
-    config.save(out / CONFIG)
+    """Keep-largest-components as validation scored it at the best epoch (no re-prediction)."""
+    means = {int(n): d for n, d in state.best_postprocess.items()}
+    choice = choose_keep_largest(means)
+    scores = ", ".join(f"{'all' if n == 0 else f'largest {n}'}: {d:.4f}" for n, d in means.items())
+    log(f"post-processing on validation ({scores}) -> keep_largest={choice}")
+    config = config.override({"infer.keep_largest": choice})
+    run.save_config(config)
     return config
+
+
+def time_summary(config: RunConfig, state: TrainState) -> str:
+    """Where the time went, and the throughput training actually saw."""
+    h = state.history
+    if not h:
+        return "no epoch completed"
+    steps, data, val = (
+        sum(getattr(r, k) for r in h) for k in ("step_seconds", "data_seconds", "val_seconds")
+    )
+    total = state.elapsed
+    text = f"{total / 60:.1f} min"
+    budget = config.train.max_minutes
+    if budget:
+        text += f" of {budget:g} ({100 * total / (budget * 60):.0f} % of the budget)"
+    if math.isfinite(steps) and total > 0:
+        text += (
+            f": steps {100 * steps / total:.0f} %, data {100 * data / total:.0f} %, "
+            f"validation {100 * val / total:.0f} %"
+        )
+    patch = config.train.patch_size or config.preprocess.shape
+    n_steps = sum(r.steps for r in h)
+    if math.isfinite(steps) and steps > 0 and patch:
+        seen = n_steps * config.train.batch_size * float(np.prod(patch)) / steps
+        text += f"; throughput seen {seen / 1e6:.2f} Mvoxel/s"
+    return text

@@ -1,24 +1,36 @@
-"""Checkpoints without pickle: weights and optimizer tensors in safetensors, the rest in JSON.
+"""Tensors on disk without pickle: safetensors files, written atomically, checked by SHA-256.
 
-Every file is written atomically and its SHA-256 recorded in the run's `state.json`, so a
-truncated or corrupted file is detected on load instead of silently resuming from garbage.
+The run folder records each file's hash, so a truncated or corrupted file is detected on load
+instead of silently used; the previous copy of a file is kept beside it until the next write.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import struct
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from voxseg.atomic import atomic_path, write_text
+from voxseg.atomic import atomic_path
 from voxseg.errors import ConfigError
 
-_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save zip archive, raw pickle protocol 2+
+
+def is_pickle(head: bytes) -> bool:
+    """True for a torch.save zip archive or a raw pickle (protocol 2+), never for safetensors.
+
+    A safetensors file starts with its header length (8 bytes, little endian) followed by the
+    JSON header's `{`; its first byte can be anything, 0x80 included, so it is checked first.
+    """
+    if len(head) >= 9 and head[8:9] == b"{":
+        (length,) = struct.unpack("<Q", head[:8])
+        if 2 <= length < 100_000_000:
+            return False
+    return head.startswith(b"PK\x03\x04") or (
+        len(head) >= 2 and head[0] == 0x80 and head[1] in (2, 3, 4, 5)
+    )
 
 
 def sha256(path: Path) -> str:
@@ -47,8 +59,8 @@ def load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, to
     if not path.is_file():
         raise ConfigError(f"{path}: no such checkpoint; check the run folder")
     with open(path, "rb") as fh:
-        head = fh.read(4)
-    if head.startswith(_PICKLE_MAGIC):
+        head = fh.read(9)
+    if is_pickle(head):
         raise ConfigError(
             f"{path}: holds a pickle (torch.save), which can run code when loaded; voxseg only "
             "loads safetensors: convert it with safetensors.torch.save_file in a trusted session"
@@ -84,38 +96,6 @@ def load_model_weights(path: Path, model: nn.Module, expected_sha256: str | None
         raise ConfigError(
             f"{path}: weights do not fit the model in config.json ({str(exc).splitlines()[0]})"
         ) from exc
-
-
-def optimizer_tensors(
-    optimizer: torch.optim.Optimizer,
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state dict into tensors (safetensors) and plain values (JSON)."""
-    sd = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    plain: dict[str, Any] = {"param_groups": sd["param_groups"], "state": {}}
-    for pid, state in sd["state"].items():
-        for name, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{name}"] = value
-            else:
-                plain["state"].setdefault(str(pid), {})[name] = value
-    return tensors, plain
-
-
-def restore_optimizer(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], plain: dict
-) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = value
-    for pid, values in plain.get("state", {}).items():
-        state.setdefault(int(pid), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def previous(path: Path) -> Path:

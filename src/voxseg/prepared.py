@@ -1,4 +1,5 @@
-"""Preprocessed cases on disk as memory-mapped arrays, so repeated training never re-reads NIfTI.
+"""Prepared (preprocessed, labelled) cases for training, cached on disk as memory-mapped arrays,
+so repeated training never re-reads NIfTI.
 
 A cache entry is keyed by the source files' identity (resolved path, size, mtime) and the
 preprocessing settings; change either and the case is prepared again. Entries are written to

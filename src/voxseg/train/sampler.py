@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voxseg.data.cache import PreparedCase
 from voxseg.errors import ConfigError
 from voxseg.geometry import Shape3
+from voxseg.prepared import PreparedCase
 
 
 @dataclass(frozen=True)
@@ -101,14 +101,16 @@ def epoch_batches(
     cfg: SamplerConfig,
     pad_value: float,
     start: int = 0,
+    steps: int | None = None,
 ) -> Iterator[Batch]:
     """This rank's share of each global batch of one epoch.
 
     Sample i of step s is drawn from its own generator seeded by (seed, epoch, s, i), so the
     global batch is the same whatever the number of processes: 2 ranks together see exactly
     what 1 process sees, and a run may resume with a different number of processes.
+    `steps` overrides the epoch's length (a time budget adapts it).
     """
-    n_steps = steps_in_epoch(len(cases), cfg)
+    n_steps = steps or steps_in_epoch(len(cases), cfg)
     mine = rank_slice(cfg.batch_size, cfg.rank, cfg.world_size)
     if cfg.patch_size is None:
         order_rng = np.random.default_rng([cfg.seed, epoch, 0])

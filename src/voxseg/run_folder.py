@@ -1,0 +1,285 @@
+"""The run folder: the one module that knows its file names and reads them as typed objects.
+
+    config.json          RunConfig (everything inference needs)
+    fingerprint.json     what training measured about the dataset (the planner's input)
+    model.safetensors    best weights; its SHA-256 is in state.json
+    last.safetensors     latest weights   } with state.json: what --resume continues from;
+    optimizer.safetensors optimizer tensors} each rotated to *.prev.* before it is replaced
+    state.json           TrainState: the commit point of a checkpoint
+    metrics.csv          one EpochRecord per line
+    curves.png           loss and validation Dice per epoch
+
+Everyone else asks a `RunFolder` for paths and objects instead of spelling names.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from voxseg import weights
+from voxseg.atomic import write_text
+from voxseg.config import RunConfig
+from voxseg.errors import ConfigError, InputError
+
+_CONFIG = "config.json"
+_FINGERPRINT = "fingerprint.json"
+_BEST = "model.safetensors"
+_LAST = "last.safetensors"
+_OPTIMIZER = "optimizer.safetensors"
+_STATE = "state.json"
+_METRICS = "metrics.csv"
+_CURVES = "curves.png"
+_CHECKPOINTED = (_LAST, _OPTIMIZER, _STATE)
+
+
+@dataclass
+class EpochRecord:
+    """One line of metrics.csv."""
+
+    epoch: int
+    steps: int
+    train_loss: float
+    val_loss: float
+    val_dice: float
+    val_score: float
+    """The (smoothed) validation score the best model is picked on."""
+    lr: float
+    seconds: float
+    """Wall-clock seconds of the epoch, validation included."""
+    step_seconds: float = math.nan
+    """Of which forward/backward/optimizer steps."""
+    data_seconds: float = math.nan
+    """Of which sampling and augmenting batches."""
+    val_seconds: float = math.nan
+    """Of which validation."""
+    elapsed: float = math.nan
+    """Seconds since training started (across resumes) at the end of the epoch."""
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved as state.json at every checkpoint."""
+
+    epoch: int = 0
+    """Epochs completed."""
+    step: int = 0
+    best_score: float = -math.inf
+    """Best (smoothed) validation score so far; -inf before the first validation."""
+    best_dice: float = math.nan
+    """The validation Dice of the best epoch (unsmoothed)."""
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    smoothed: float | None = None
+    """Moving average of validation Dice (see TrainConfig.val_smoothing)."""
+    best_postprocess: dict[str, float] = field(default_factory=dict)
+    """Validation Dice of each keep-largest candidate ("0": keep all) at the best epoch."""
+    elapsed: float = 0.0
+    """Wall-clock seconds used so far, across resumes."""
+    stopped: str = ""
+    epoch_step: int = 0
+    """Steps of the next epoch already done (a run interrupted mid-epoch resumes there)."""
+    epoch_steps: int = 0
+    """Length of the current epoch (with a time budget, epochs adapt their length)."""
+    epoch_losses: list[float] = field(default_factory=list)
+    history: list[EpochRecord] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    """SHA-256 of every checkpoint file, checked on resume."""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["best_score"] = None if math.isinf(self.best_score) else self.best_score
+        d["best_dice"] = None if math.isnan(self.best_dice) else self.best_dice
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainState:
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}
+        d["history"] = [EpochRecord(**h) for h in d.get("history", [])]
+        if d.get("best_score") is None:
+            d["best_score"] = -math.inf
+        if d.get("best_dice") is None:
+            d["best_dice"] = math.nan
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """An intact resumable checkpoint: the state, its optimizer values and file paths."""
+
+    state: TrainState
+    optimizer_values: dict[str, Any]
+    last: Path
+    optimizer: Path
+    note: str = ""
+    """Non-empty when the latest checkpoint was damaged and an older one is used."""
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    root: Path
+
+    config_path = property(lambda self: self.root / _CONFIG)
+    fingerprint_path = property(lambda self: self.root / _FINGERPRINT)
+    best_weights = property(lambda self: self.root / _BEST)
+    curves_path = property(lambda self: self.root / _CURVES)
+    metrics_path = property(lambda self: self.root / _METRICS)
+
+    def files(self) -> list[Path]:
+        """Every file a run writes that exists now (previous copies included)."""
+        names = [_CONFIG, _FINGERPRINT, _BEST, _METRICS, _CURVES, *_CHECKPOINTED]
+        paths = [self.root / n for n in names]
+        paths += [weights.previous(self.root / n) for n in _CHECKPOINTED]
+        return [p for p in paths if p.exists()]
+
+    # ---- configuration ---------------------------------------------------------------------
+    def load_config(self) -> RunConfig:
+        if not self.config_path.is_file():
+            raise ConfigError(
+                f"{self.root}: no {_CONFIG}; give a run folder made by `voxseg train`"
+            )
+        return RunConfig.load(self.config_path)
+
+    def save_config(self, config: RunConfig) -> None:
+        config.save(self.config_path)
+
+    def save_fingerprint(self, data: dict) -> None:
+        write_text(self.fingerprint_path, json.dumps(data, indent=2) + "\n")
+
+    def load_fingerprint(self) -> dict | None:
+        try:
+            return json.loads(self.fingerprint_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    # ---- weights ---------------------------------------------------------------------------
+    def best_weights_hash(self) -> str | None:
+        """The SHA-256 state.json recorded for model.safetensors (None if not recorded)."""
+        state = self.load_state()
+        return state.files.get(_BEST) if state else None
+
+    def load_best_weights(self, model: torch.nn.Module) -> None:
+        weights.load_model_weights(self.best_weights, model, self.best_weights_hash())
+
+    def save_best_weights(self, model: torch.nn.Module, state: TrainState) -> None:
+        state.files[_BEST] = weights.save_model(self.best_weights, model)
+
+    # ---- training state --------------------------------------------------------------------
+    def load_state(self) -> TrainState | None:
+        """The latest state.json, or None when there is none or it cannot be read."""
+        data = _read_json(self.root / _STATE)
+        if data is None:
+            return None
+        try:
+            return TrainState.from_dict(data)
+        except (TypeError, ValueError):
+            return None
+
+    def save_checkpoint(
+        self,
+        model: torch.nn.Module,
+        optimizer_tensors: dict[str, torch.Tensor],
+        optimizer_values: dict[str, Any],
+        state: TrainState,
+    ) -> None:
+        """Write the resumable state; state.json is the commit point.
+
+        Each file is rotated to `*.prev.*` before it is replaced, and state.json records the
+        hash of every file, so a kill at any moment leaves one state whose files are intact.
+        """
+        last, optim, path = (self.root / n for n in _CHECKPOINTED)
+        weights.rotate(last)
+        state.files[_LAST] = weights.save_model(last, model)
+        weights.rotate(optim)
+        state.files[_OPTIMIZER] = weights.save_tensors(optim, optimizer_tensors)
+        data = state.to_dict()
+        data["optimizer"] = optimizer_values
+        weights.rotate(path)
+        write_text(path, json.dumps(data, indent=2) + "\n")
+
+    def latest_checkpoint(self) -> Checkpoint:
+        """The newest saved state whose checkpoint files are intact (hash as recorded)."""
+        state_path = self.root / _STATE
+        problems = []
+        for path in (state_path, weights.previous(state_path)):
+            data = _read_json(path)
+            if data is None:
+                problems.append(f"{path.name} unreadable")
+                continue
+            recorded = data.get("files", {})
+            found = {
+                name: weights.find_intact(self.root / name, recorded[name])
+                for name in (_LAST, _OPTIMIZER)
+                if name in recorded
+            }
+            bad = [name for name in (_LAST, _OPTIMIZER) if found.get(name) is None]
+            if not bad:
+                note = ""
+                if path != state_path:
+                    note = f"latest checkpoint damaged ({'; '.join(problems)}); "
+                    note += f"resuming from epoch {data.get('epoch')}"
+                values = data.pop("optimizer", {})
+                return Checkpoint(
+                    TrainState.from_dict(data), values, found[_LAST], found[_OPTIMIZER], note
+                )
+            problems.append(f"{', '.join(bad)} of {path.name} corrupted or missing")
+        if not state_path.exists():
+            raise ConfigError(
+                f"{self.root}: nothing to resume (no {_STATE}); start without --resume"
+            )
+        raise ConfigError(
+            f"{self.root}: no intact checkpoint to resume ({'; '.join(problems)}); "
+            "start afresh with --overwrite"
+        )
+
+    # ---- metrics ---------------------------------------------------------------------------
+    def write_metrics(self, history: list[EpochRecord]) -> None:
+        cols = [f.name for f in dataclasses.fields(EpochRecord)]
+        lines = [",".join(cols)]
+        for rec in history:
+            values = (getattr(rec, c) for c in cols)
+            lines.append(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in values))
+        write_text(self.metrics_path, "\n".join(lines) + "\n")
+
+    def read_metrics(self) -> list[EpochRecord]:
+        """The epochs of metrics.csv ([] when absent); InputError naming a bad line.
+
+        Columns an older voxseg did not write read as NaN.
+        """
+        if not self.metrics_path.is_file():
+            return []
+        fields = {f.name: f.type for f in dataclasses.fields(EpochRecord)}
+        records = []
+        with open(self.metrics_path, newline="", encoding="utf-8") as fh:
+            for line, row in enumerate(csv.DictReader(fh), start=2):
+                try:
+                    values = {
+                        k: int(row[k]) if fields[k] == "int" else float(row.get(k, "nan") or "nan")
+                        for k in fields
+                        if k in row or fields[k] != "int"
+                    }
+                    if "val_score" not in row:  # written before smoothing existed
+                        values["val_score"] = values["val_dice"]
+                    records.append(EpochRecord(**values))
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise InputError(
+                        f"{self.metrics_path}:{line}: not a voxseg metrics row ({exc}); "
+                        f"expected columns {','.join(fields)}"
+                    ) from exc
+        return records
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,105 @@
+"""Validation during training: each case predicted as `voxseg predict` would (sliding window on
+the network grid), scored with the project's own Dice and the training loss.
+
+Every candidate post-processing is scored on the same probabilities, so choosing it after
+training costs no second prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from voxseg.config import RunConfig
+from voxseg.distributed import DistContext, all_sum
+from voxseg.inference import predict_probabilities
+from voxseg.losses import build_loss
+from voxseg.metrics import ConfusionCounts, dice
+from voxseg.postprocess import CANDIDATES, candidate_dice
+from voxseg.prepared import PreparedCase
+from voxseg.weights import unwrap
+
+
+@dataclass(frozen=True)
+class ValResult:
+    dice: np.ndarray
+    """Per-case Dice (both masks empty counts as 1)."""
+    loss: np.ndarray
+    """Per-case training loss on the whole case."""
+    postprocess: np.ndarray
+    """(n_cases, len(CANDIDATES)) Dice after each keep-largest candidate."""
+
+    @property
+    def mean_dice(self) -> float:
+        return float(self.dice.mean()) if self.dice.size else 0.0
+
+    @property
+    def mean_loss(self) -> float:
+        return float(self.loss.mean()) if self.loss.size else 0.0
+
+    def postprocess_means(self) -> dict[str, float]:
+        return {str(n): float(v) for n, v in zip(CANDIDATES, self.postprocess.mean(0), strict=True)}
+
+
+def case_loss(loss_fn: nn.Module, prob: np.ndarray, target: np.ndarray) -> float:
+    """The training loss of a whole case, from probabilities (turned back into logits)."""
+    p = torch.from_numpy(np.clip(prob, 1e-6, 1 - 1e-6))[None, None]
+    t = torch.from_numpy(np.asarray(target, dtype=np.float32))[None, None]
+    return float(loss_fn(torch.logit(p), t))
+
+
+def validate(
+    model: nn.Module,
+    cases: Sequence[PreparedCase],
+    config: RunConfig,
+    device: torch.device,
+    amp: torch.dtype | None,
+) -> ValResult:
+    loss_fn = build_loss(config.train.loss)
+    model.eval()
+    dices, losses, post = [], [], []
+    for case in cases:
+        prob = predict_probabilities(
+            model,
+            case.image,
+            window=config.infer.window,
+            overlap=config.infer.overlap,
+            device=device,
+            amp=amp,
+            pad_value=config.preprocess.pad_value,
+        )
+        mask = prob >= config.infer.threshold
+        dices.append(dice(ConfusionCounts.from_masks(mask, case.label)))
+        losses.append(case_loss(loss_fn, prob, case.label))
+        post.append(candidate_dice(mask, case.label))
+    model.train()
+    return ValResult(
+        np.asarray(dices, dtype=np.float64),
+        np.asarray(losses, dtype=np.float64),
+        np.asarray(post, dtype=np.float64).reshape(len(cases), len(CANDIDATES)),
+    )
+
+
+def validate_sharded(
+    model: nn.Module,
+    cases: Sequence[PreparedCase],
+    config: RunConfig,
+    amp: torch.dtype | None,
+    dist: DistContext,
+) -> ValResult:
+    """Each rank validates every world-size-th case; per-case values are summed across ranks
+    (zeros elsewhere), so every rank holds the same result and takes the same decision."""
+    mine = list(range(dist.rank, len(cases), dist.world_size))
+    local = validate(unwrap(model), [cases[i] for i in mine], config, dist.device, amp)
+    if not dist.active:
+        return local
+    full = []
+    for values in (local.dice, local.loss, local.postprocess):
+        array = np.zeros((len(cases), *values.shape[1:]))
+        array[mine] = values
+        full.append(all_sum(dist, array))
+    return ValResult(*full)
