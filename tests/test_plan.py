@@ -78,7 +78,9 @@ def test_plan_coarsens_large_data_within_the_limit():
     assert any("coarsened to the limit" in n for n in plan.notes)
     gpu = plan_default(fine, voxels_per_second=1e6, max_minutes=None, device_class="gpu")
     assert min(gpu.config.preprocess.spacing) < min(spacing)  # a GPU affords a finer grid
-    assert plan.config.train.epochs >= 1 and plan.config.train.patience == RunConfig().train.patience
+    assert (
+        plan.config.train.epochs >= 1 and plan.config.train.patience == RunConfig().train.patience
+    )
 
 
 def test_fingerprint_reads_the_data_once_and_round_trips(kits_tiny: Path):

@@ -19,7 +19,8 @@ from voxseg.config import RunConfig
 from voxseg.data.io import write_image
 from voxseg.errors import ConfigError, InputError, OutputExistsError
 from voxseg.geometry import Geometry, Reorientation
-from voxseg.report import best_slices, overlay_png, view_slice, write_report
+from voxseg.plots import best_slices, overlay_png, view_slice
+from voxseg.report import write_report
 from voxseg.run_folder import EpochRecord, RunFolder
 
 IMG = '<img src="data:image/png;base64,'

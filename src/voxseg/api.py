@@ -112,7 +112,7 @@ def fit(
 ) -> FittedModel:
     """Train on arrays, Keras-style; early stopping on validation Dice restores the best weights."""
     from voxseg.models import build_model
-    from voxseg.report import plot_curves
+    from voxseg.plots import plot_curves
 
     train_cases = _cases(x_train, y_train, "train")
     val_cases = _cases(*validation_data, "val") if validation_data is not None else []

@@ -36,9 +36,10 @@ radiotherapy" (2018/2021), as implemented by DeepMind's ``surface-distance``
 - "Within t" means d <= t * (1 + 1e-6): a distance exactly at the tolerance counts, also when
   the spacing is a decimal such as 0.2 mm and 5 * 0.2 becomes 1.0000000000000002.
 
-This is not the share of surface *voxels* within t (MONAI's default, without sub-voxels):
-on thick slices the two differ a lot, e.g. 0.169 (voxels) vs 0.541 (published) for a box
-shifted by one slice at 0.78 x 0.78 x 5 mm. Surface Dice is defined here for 3D masks only.
+This is not the share of surface *voxels* within t (MONAI's default, without sub-voxels,
+and this module's former definition): on thick slices the two differ a lot, e.g. 0.487
+(voxels) vs 0.752 (published) at 1 mm for a 3 x 8 x 8-voxel box moved by one slice at
+5 x 0.78 x 0.78 mm (tests/test_metrics.py). Surface Dice is defined here for 3D masks only.
 
 Empty masks (MONAI gives NaN or inf here; we pin the values):
 
@@ -184,18 +185,19 @@ def _nearest(points: np.ndarray, targets: np.ndarray, upper_bound: float = math.
 # area vector (n0, n1, n2) to (n0*s1*s2, n1*s0*s2, n2*s0*s1), so the table of areas for any
 # spacing is a weighted norm of these vectors.
 #
-# The construction reproduces the published lookup table (DeepMind's surface-distance, which
-# MONAI copies; tests/test_metrics.py compares all 256 codes for several spacings):
+# The construction gives the published lookup table (DeepMind's surface-distance, which MONAI
+# copies) for all 256 codes at any spacing; tests/test_metrics.py checks it against MONAI's:
 # - The triangles wrap the corners of the smaller phase (foreground or background; at 4:4 the
-#   foreground), one closed polygon per edge-connected group of those corners. On a face whose
-#   diagonal corners agree, this keeps the minority corners apart, and a code and its
-#   complement get the same piece.
+#   foreground), one closed polygon per edge-connected group of those corners. Where a cube
+#   face has foreground on one diagonal and background on the other (the ambiguous case of
+#   marching cubes), this keeps the minority's corners apart; a code and its complement get
+#   the same piece.
 # - A polygon's vertices are the midpoints of the cube edges that leave the group, in the
-#   order in which they go around it (consecutive vertices share a cube face).
-# - A polygon with 5 or 6 vertices need not be planar, so its area depends on the choice of
-#   triangles; the published table uses, for each such polygon, a split of largest total area
-#   on the unit cube (splits tied there are tied at every spacing, as their area vectors are
-#   parallel). Triangles, quadrilaterals and the regular hexagon are planar: any split will do.
+#   order in which they go around it (consecutive vertices lie on a common cube face).
+# - A polygon of 5 or 6 vertices may be non-planar, and then its area depends on how it is cut
+#   into triangles; the published table's cut is one of largest total area on the unit cube
+#   (cuts tied there stay tied at every spacing: their area vectors are parallel). Triangles,
+#   the quadrilaterals and the hexagon around a corner with its 3 neighbours are planar.
 
 _BLOCK = tuple(itertools.product((0, 1), repeat=3))
 _CUBE_EDGES = tuple((u, v) for u in range(8) for v in range(u + 1, 8) if bin(u ^ v).count("1") == 1)
@@ -289,6 +291,15 @@ def _neighbour_codes(mask: np.ndarray) -> np.ndarray:
     return codes
 
 
+def surface_area(mask: np.ndarray, spacing: Sequence[float]) -> float:
+    """Area (mm^2) of a 3D mask's surface as surface Dice weighs it: the sum of its surfels."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return 0.0
+    cropped, _ = crop_to_union(mask, mask)
+    return float(surfel_area_table(spacing)[_neighbour_codes(cropped)].sum())
+
+
 def _surfels(
     codes: np.ndarray,
     other_codes: np.ndarray,
@@ -327,8 +338,6 @@ def _surface_dice(
 
     Both masks non-empty, 3D, and with a background margin (as `crop_to_union` leaves them).
     """
-    if len(spacing) != 3:
-        raise ValueError(f"surface Dice needs 3D masks, got spacing {tuple(spacing)}")
     areas = surfel_area_table(spacing)
     p_codes, g_codes = _neighbour_codes(pred), _neighbour_codes(gt)
     # Beyond the largest tolerance nothing counts, so the tree may stop there (inf); the
@@ -353,6 +362,8 @@ def surface_metrics(
     pred, gt = _as_masks(pred, gt)
     if len(spacing) != pred.ndim:
         raise ValueError(f"spacing {tuple(spacing)} does not match a {pred.ndim}D mask")
+    if pred.ndim != 3:
+        raise ValueError(f"surface metrics need 3D masks, got {pred.ndim}D")
     has_pred, has_gt = bool(pred.any()), bool(gt.any())
     if not (has_pred or has_gt):
         return SurfaceMetrics(0.0, 0.0, {float(t): 1.0 for t in tolerances})

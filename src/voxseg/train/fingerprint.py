@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from voxseg.data.checks import binary_target
+from voxseg.data.checks import binary_target, check_pair, label_values
 from voxseg.data.discovery import Case
 from voxseg.data.io import read_image, read_info
 from voxseg.geometry import Reorientation
@@ -59,8 +59,10 @@ def intensity_stats(
     rng = np.random.default_rng(seed)
     samples = []
     for case in list(cases)[:INTENSITY_CASES]:
-        image, _ = read_image(case.image)
-        label, _ = read_image(case.label)
+        image, geometry = read_image(case.image)
+        label, label_geometry = read_image(case.label)
+        check_pair(geometry, label_geometry, case.image, case.label)
+        label_values(label, case.label, foreground)
         values = image[binary_target(label, foreground) > 0]
         if values.size:
             take = min(values.size, SAMPLES_PER_CASE)

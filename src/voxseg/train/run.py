@@ -240,7 +240,7 @@ def _run(o: TrainOptions, hooks: TrainHooks, dist: DistContext) -> tuple[RunConf
         hooks=hooks,
     )
     if dist.is_main:
-        from voxseg.report import plot_curves
+        from voxseg.plots import plot_curves
 
         plot_curves(state.history, run.curves_path)
         if val_prepared and state.stopped != INTERRUPTED and state.best_postprocess:
