@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import blob_case, geometry_for, write_case
 from voxseg.cli import app
+from voxseg.data import discover
 from voxseg.data.io import write_image
 
 runner = CliRunner()
@@ -248,3 +249,34 @@ def test_label_dtype_int64_with_255(tmp_path: Path):
     assert_user_error(result, "segmentation.nii.gz", "255", "--foreground")
     ok = invoke("info", tmp_path, "--foreground", "1,2")
     assert ok.exit_code == 0, ok.output
+
+
+def test_info_prints_shape_and_spacing_in_the_order_train_takes(kits_tiny: Path):
+    import json
+
+    from voxseg.config import PreprocessConfig
+    from voxseg.prepared import prepare_case
+
+    row = json.loads(invoke("info", kits_tiny, "--json").stdout)["rows"][0]
+    # conftest's files: array (16, 20, 24) at (2.5, 1.2, 0.8) mm, direction I,P,L.
+    assert row["shape"] == [24, 20, 16] and row["spacing"] == pytest.approx([0.8, 1.2, 2.5])
+    # Resampling to the spacing info printed is the identity: same order as --spacing.
+    case = discover(kits_tiny).labelled[0]
+    cfg = PreprocessConfig(spacing=tuple(row["spacing"]), crop_body=False)
+    assert prepare_case(case, cfg, None).image.shape == tuple(row["shape"])
+    table = " ".join(invoke("info", kits_tiny).output.split())
+    assert "24x20x16" in table and "z y x" in table
+
+
+def test_info_on_a_real_kits19_header(tmp_path: Path):
+    from tests.conftest import kits_dir
+    from voxseg.data.discovery import Case
+    from voxseg.data.inspect import inspect_case
+
+    label = kits_dir(tmp_path) / "case_00000" / "segmentation.nii.gz"
+    info = inspect_case(Case("case_00000", label, None))
+    # KiTS19 case 0: 611 slices of 0.5 mm, 512 x 512 at 0.92 mm (README of shared/data).
+    assert info.shape == (611, 512, 512) and info.orientation == "IPL"
+    assert info.spacing[0] == pytest.approx(0.5) and info.spacing[1] == pytest.approx(
+        0.9199, abs=1e-3
+    )

@@ -121,7 +121,6 @@ def test_the_graph_is_read(graph):
 
 def test_voxseg_predict_never_loads_training(tmp_path: Path, kits_tiny: Path):
     """Follow one scan through `voxseg predict`, file in to mask out, in a fresh process."""
-    import torch
 
     from voxseg.config import InferConfig, ModelConfig, PreprocessConfig, RunConfig
     from voxseg.models import build_model

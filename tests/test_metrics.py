@@ -315,9 +315,9 @@ def test_agrees_with_monai():
     s = surface_metrics(pred, gt, spacing)
     hd = compute_hausdorff_distance(t(pred), t(gt), percentile=95, spacing=spacing)
     asd = compute_average_surface_distance(t(pred), t(gt), symmetric=True, spacing=spacing)
-    # Surface Dice as published is MONAI's with sub-voxels (its default counts voxels).
     assert s.hd95 == pytest.approx(float(hd), rel=1e-5)
     assert s.assd == pytest.approx(float(asd), rel=1e-5)
+    # Surface Dice as published is MONAI's with sub-voxels (its default counts voxels).
     for tol in (1.0, 2.0):
         nsd = compute_surface_dice(t(pred), t(gt), [tol], spacing=spacing, use_subvoxels=True)
         assert s.surface_dice[tol] == pytest.approx(float(nsd), rel=1e-5)

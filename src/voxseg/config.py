@@ -259,7 +259,8 @@ def _field_error(
     source: str | None, section: str, name: str, value: Any, problem: str
 ) -> ConfigError:
     if source is None:
-        return ConfigError(f"--{name.replace('_', '-')} {value!r}: {problem}")
+        option = "model" if (section, name) == ("model", "name") else name.replace("_", "-")
+        return ConfigError(f"--{option} {value!r}: {problem}")
     return ConfigError(f'{source}: field "{section}.{name}" = {value!r}: {problem}')
 
 

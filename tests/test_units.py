@@ -1,0 +1,122 @@
+"""Unit tests for behaviours otherwise only covered by slow end-to-end runs: post-processing
+and its choice, the sampler's world-size independence, cache invalidation, deep supervision."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import blob_case
+from voxseg.config import PreprocessConfig
+from voxseg.data import discover
+from voxseg.geometry import Geometry, Reorientation
+from voxseg.losses import build_loss, deep_supervision_loss
+from voxseg.postprocess import CANDIDATES, candidate_dice, choose_keep_largest, keep_largest
+from voxseg.prepared import PreparedCase, cache_key, foreground_positions, load_or_prepare
+from voxseg.preprocess import PreprocessRecord
+from voxseg.train.sampler import SamplerConfig, epoch_batches
+
+
+def _blobs(sizes: list[int]) -> np.ndarray:
+    """Cubes of the given sides along one axis, separated by background."""
+    mask = np.zeros((8, 8, 64), bool)
+    x = 1
+    for s in sizes:
+        mask[2 : 2 + min(s, 5), 2:5, x : x + s] = True
+        x += s + 2
+    return mask
+
+
+def test_keep_largest_keeps_the_n_largest_components():
+    mask = _blobs([6, 2, 4])
+    kept = keep_largest(mask, 2)
+    assert kept[:, :, 1:7].any() and kept[:, :, 13:17].any() and not kept[:, :, 9:11].any()
+    assert keep_largest(mask, 0) is mask and keep_largest(mask, 5) is mask
+    diagonal = np.zeros((3, 3, 3), bool)
+    diagonal[0, 0, 0] = diagonal[1, 1, 1] = True  # 26-connected: one component
+    assert keep_largest(diagonal, 1).sum() == 2
+
+
+def test_candidate_dice_and_the_choice():
+    target = _blobs([6, 4])
+    pred = target | np.roll(_blobs([2]), 40, axis=2)  # plus one small false blob
+    scores = candidate_dice(pred, target)
+    assert scores.shape == (len(CANDIDATES),)
+    assert scores[CANDIDATES.index(2)] == pytest.approx(1.0) and scores[0] < 1.0
+    assert scores[CANDIDATES.index(1)] < 1.0  # the second true component is lost
+    choice = choose_keep_largest(dict(zip(CANDIDATES, scores, strict=True)))
+    assert choice == 2
+    assert choose_keep_largest({0: 0.9, 1: 0.901, 2: 0.9}) == 0  # below MIN_GAIN: keep all
+    assert choose_keep_largest({}) == 0
+
+
+def _prepared(n: int, shape=(16, 16, 16)) -> list[PreparedCase]:
+    g = Geometry(shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    rec = PreprocessRecord(g, Reorientation.to_canonical(g), tuple((0, s) for s in shape), shape)
+    out = []
+    for i in range(n):
+        image, label = blob_case(shape, seed=i)
+        target = (label > 0).astype(np.uint8)
+        out.append(
+            PreparedCase(
+                f"c{i}", image.astype(np.float32), target, foreground_positions(target), rec
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("patch", [(8, 8, 8), None])
+@pytest.mark.parametrize("world", [2, 4])
+def test_n_processes_draw_exactly_the_batches_of_one(patch, world):
+    cases = _prepared(3)
+    one = SamplerConfig(4, patch, 0.5, True, seed=3, steps_per_epoch=3)
+    whole = list(epoch_batches(cases, 2, one, -1.0))
+    shards = [
+        list(epoch_batches(cases, 2, replace(one, rank=r, world_size=world), -1.0))
+        for r in range(world)
+    ]
+    for step, batch in enumerate(whole):
+        np.testing.assert_array_equal(np.concatenate([s[step].image for s in shards]), batch.image)
+        np.testing.assert_array_equal(np.concatenate([s[step].label for s in shards]), batch.label)
+    later = list(epoch_batches(cases, 2, one, -1.0, start=1))  # resuming mid-epoch
+    np.testing.assert_array_equal(later[0].image, whole[1].image)
+
+
+def test_cache_is_rebuilt_when_a_setting_or_the_file_changes(kits_tiny: Path, tmp_path: Path):
+    case = discover(kits_tiny).labelled[0]
+    cfg = PreprocessConfig(spacing=(2.0, 2.0, 2.0))
+    cache = tmp_path / "cache"
+    first = load_or_prepare(case, cfg, None, cache)
+    assert len(list(cache.iterdir())) == 1
+    again = load_or_prepare(case, cfg, None, cache)
+    np.testing.assert_array_equal(first.image, again.image)
+    assert len(list(cache.iterdir())) == 1  # reused
+    coarser = replace(cfg, spacing=(4.0, 4.0, 4.0))
+    assert cache_key(case, coarser, None) != cache_key(case, cfg, None)
+    assert load_or_prepare(case, coarser, None, cache).image.shape != first.image.shape
+    assert cache_key(case, cfg, (2,)) != cache_key(case, cfg, None)  # another target
+    before = cache_key(case, cfg, None)
+    os.utime(case.label, ns=(1, 1))  # the file changed (same size, other mtime)
+    assert cache_key(case, cfg, None) != before
+
+
+def test_deep_supervision_loss_weights_halve_per_level():
+    loss = build_loss("bce")
+    target = torch.zeros(1, 1, 8, 8, 8)
+    target[..., 2:6, 2:6, 2:6] = 1
+    outs = [torch.full((1, 1, 8 // 2**k, 8 // 2**k, 8 // 2**k), float(k)) for k in range(3)]
+    expected = (
+        sum(
+            w * loss(o, torch.nn.functional.interpolate(target, size=o.shape[-3:], mode="nearest"))
+            for w, o in zip([1, 0.5, 0.25], outs, strict=True)
+        )
+        / 1.75
+    )
+    torch.testing.assert_close(deep_supervision_loss(loss, outs, target), expected)
+    # One output: exactly the plain loss.
+    torch.testing.assert_close(deep_supervision_loss(loss, outs[:1], target), loss(outs[0], target))
