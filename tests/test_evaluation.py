@@ -60,7 +60,9 @@ def test_folders_of_masks(folders, tmp_path):
     assert by_id["a"].dice == pytest.approx(0.9)
     assert by_id["a"].iou == pytest.approx(9 / 11)
     assert by_id["a"].hd95_mm == pytest.approx(2.0)
-    assert by_id["a"].surface_dice_1mm == pytest.approx(44 / 61)
+    # Published NSD (see tests/test_metrics.py::test_shift_along_2mm_axis for the derivation).
+    nsd = 1 - (131.5 + 18 * math.sqrt(5)) / (813 + 36 * math.sqrt(2) + 36 * math.sqrt(5))
+    assert by_id["a"].surface_dice_1mm == pytest.approx(nsd)
     assert by_id["a"].volume_gt_ml == pytest.approx(2.0)  # 1000 voxels x 2 mm^3
     assert by_id["b"].dice == 1.0 and by_id["b"].hd95_mm == 0.0
     assert by_id["c"].dice == 0.0 and math.isinf(by_id["c"].hd95_mm)

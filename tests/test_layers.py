@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "voxseg"
 # modules (data.* among themselves, train.* among themselves); nothing else.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "atomic", "progress"),
-    ("geometry", "metrics", "config"),
+    ("geometry", "metrics", "config", "console"),
     ("data",),  # files: io, nifti checks, discovery, label checks, inspection
     ("preprocess", "weights", "distributed", "runtime", "models", "losses", "postprocess"),
     ("prepared", "run_folder", "inference", "synth"),

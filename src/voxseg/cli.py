@@ -3,16 +3,21 @@ that `voxseg --help` stays instant."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from voxseg.console import (
+    ProgressUI,
+    console,
+    err_console,
+    graceful_interrupt,
+    handle_errors,
+    launch_torchrun,
+)
+from voxseg.console import debug as debug_flag
 
 app = typer.Typer(
     name="voxseg",
@@ -21,56 +26,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-_state = {"debug": False}
-
-
-def _fail(message: str, code: int) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """One line, a documented exit code and no traceback for anything the user can fix."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from voxseg.errors import VoxsegError
-
-        try:
-            return fn(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except VoxsegError as exc:
-            if _state["debug"]:
-                raise
-            _fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            err_console.print("interrupted")
-            raise typer.Exit(130) from None
-        except OSError as exc:
-            if _state["debug"]:
-                raise
-            where = f"{exc.filename}: " if exc.filename else ""
-            _fail(f"{where}{exc.strerror or exc}; check the path, permissions and free space", 2)
-        except MemoryError:
-            _fail("out of memory; use a smaller --shape/--spacing or --batch-size", 2)
-        except Exception as exc:  # noqa: BLE001 - last line of defence, still one line
-            if _state["debug"]:
-                raise
-            _fail(
-                f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", 1
-            )
-
-    return wrapper
 
 
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
 ) -> None:
-    _state["debug"] = debug
+    debug_flag["on"] = debug
 
 
 def _parse_foreground(value: str | None) -> tuple[int, ...] | None:
@@ -119,7 +81,7 @@ def synth(
     """Write a KiTS19-layout dataset of synthetic CT-like volumes (Hounsfield units)."""
     from voxseg.synth import write_dataset
 
-    with _ProgressUI(transient=True) as ui:
+    with ProgressUI(transient=True) as ui:
         written = write_dataset(
             out,
             cases,
@@ -151,7 +113,7 @@ def info(
 
     fg = _parse_foreground(foreground)
     dataset = discover(data)
-    with _ProgressUI(transient=True, enabled=not as_json) as ui:
+    with ProgressUI(transient=True, enabled=not as_json) as ui:
         rows = inspect_dataset(dataset, fg, on_progress=ui.on_progress)
     if as_json:
         print(json.dumps(info_json(dataset, rows), indent=2))
@@ -208,105 +170,6 @@ def summary(
 
 def main() -> None:
     app()
-
-
-class _ProgressUI:
-    """One Rich bar per kind of task, fed by any `on_progress(Step)` of the package."""
-
-    def __init__(self, enabled: bool = True, transient: bool = False) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.enabled = enabled
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(),
-            console=err_console,
-            disable=not enabled,
-            transient=transient,
-        )
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> _ProgressUI:
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)
-
-    def log(self, message: str) -> None:
-        if self.enabled:
-            self.bar.console.print(message, highlight=False)
-
-    def on_progress(self, step) -> None:
-        key = step.task.split()[0]  # "epoch 3" and "epoch 4" share one bar
-        if key not in self.tasks:
-            self.tasks[key] = self.bar.add_task(step.task, total=step.total, detail="")
-        self.bar.update(
-            self.tasks[key],
-            completed=step.done,
-            total=step.total,
-            description=step.task,
-            detail=step.detail,
-        )
-
-
-@contextlib.contextmanager
-def _graceful_interrupt(log: Callable[[str], None]):
-    """First Ctrl-C: finish the current step, save a resumable checkpoint. Second: abort."""
-    import signal
-    import threading
-
-    event = threading.Event()
-
-    def handler(signum, frame) -> None:
-        if event.is_set():
-            raise KeyboardInterrupt
-        event.set()
-        log("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread (e.g. some test runners): no handler
-        yield event
-        return
-    try:
-        yield event
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _launch_torchrun(nproc: int) -> int:
-    """Re-run this very command under torchrun on one machine (`--nproc` is a convenience)."""
-    import subprocess
-
-    args, skip = [], False
-    for arg in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            args.append(arg)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "voxseg",
-        *args,
-    ]
-    return subprocess.call(cmd)
 
 
 @app.command()
@@ -375,7 +238,7 @@ def train(
     from voxseg.train.run import TrainOptions, run_training, time_summary
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        raise typer.Exit(_launch_torchrun(nproc))
+        raise typer.Exit(launch_torchrun(nproc))
 
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; choose one")
@@ -409,8 +272,8 @@ def train(
         device=device,
         cache_dir=cache,
     )
-    ui = _ProgressUI(enabled=os.environ.get("RANK", "0") == "0")
-    with ui, _graceful_interrupt(ui.log) as interrupt:
+    ui = ProgressUI(enabled=os.environ.get("RANK", "0") == "0")
+    with ui, graceful_interrupt(ui.log) as interrupt:
         hooks = TrainHooks(on_progress=ui.on_progress, log=ui.log, interrupt=interrupt)
         config, state = run_training(options, hooks)
     if state.stopped == INTERRUPTED:
@@ -467,7 +330,7 @@ def predict(
         keep_largest=predictor.config.infer.keep_largest if keep_largest is None else keep_largest,
         **({"overlap": overlap} if overlap is not None else {}),
     )
-    with _ProgressUI(transient=True) as ui:
+    with ProgressUI(transient=True) as ui:
         results = list(
             iter_predictions(
                 predictor,
@@ -572,7 +435,7 @@ def demo(
     from voxseg.demo import run_demo
     from voxseg.train.loop import TrainHooks
 
-    with _ProgressUI() as ui:
+    with ProgressUI() as ui:
         hooks = TrainHooks(on_progress=ui.on_progress, log=ui.log)
         report_path = run_demo(out, cases=cases, minutes=minutes, hooks=hooks)
     console.print(f"open the report: {report_path.resolve()}")

@@ -24,20 +24,29 @@ from voxseg.data.discovery import discover, require_labelled
 from voxseg.data.io import image_stem, is_image_file, read_image
 from voxseg.errors import InputError
 from voxseg.geometry import Geometry
-from voxseg.metrics import CaseMetrics, ConfusionCounts, case_metrics, dice, iou
+from voxseg.metrics import (
+    SURFACE_DICE_DEFINITION,
+    CaseMetrics,
+    ConfusionCounts,
+    case_metrics,
+    dice,
+    iou,
+)
 from voxseg.progress import ProgressFn, Step, ignore
 
 METRICS = tuple(f.name for f in fields(CaseMetrics) if f.name != "case_id")
 
 DEFINITIONS = {
     "foreground": "prediction: value > 0; ground truth: label > 0, or the --foreground values",
-    "surface": "voxels of a mask with a 6-connected background neighbour; distances in mm "
-    "between voxel centres using the ground truth's spacing",
+    "surface": "HD95/ASSD: voxels of a mask with a 6-connected background neighbour, "
+    "distances in mm between voxel centres; surface Dice: surface elements on the voxel-corner "
+    "grid (marching cubes on each 2x2x2 block of voxels), each weighted by its area in mm^2; "
+    "all using the ground truth's spacing",
     "hd95_mm": "max of the two directed 95th percentiles of surface distances "
     "(pred->gt, gt->pred), as MONAI compute_hausdorff_distance(percentile=95)",
     "assd_mm": "mean of the pred->gt and gt->pred surface distances pooled",
-    "surface_dice_1mm": "fraction of both surfaces within 1 mm of the other surface",
-    "surface_dice_2mm": "fraction of both surfaces within 2 mm of the other surface",
+    "surface_dice_1mm": "normalised surface Dice at 1 mm: " + SURFACE_DICE_DEFINITION,
+    "surface_dice_2mm": "normalised surface Dice at 2 mm: " + SURFACE_DICE_DEFINITION,
     "volume_diff_ml": "predicted volume minus ground-truth volume",
     "empty masks": "both empty: dice, iou, precision, recall, surface dice 1 and distances 0; "
     "exactly one empty: dice, iou, precision, recall, surface dice 0 and distances infinite",

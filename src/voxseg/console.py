@@ -1,0 +1,157 @@
+"""What the command line shows: one-line errors, progress bars, Ctrl-C and the torchrun relaunch.
+
+The commands live in `voxseg.cli`; this module holds the terminal plumbing they share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+debug = {"on": False}
+"""Set by `voxseg --debug`: show tracebacks instead of one-line errors."""
+
+
+def fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One line, a documented exit code and no traceback for anything the user can fix."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from voxseg.errors import VoxsegError
+
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except VoxsegError as exc:
+            if debug["on"]:
+                raise
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+        except OSError as exc:
+            if debug["on"]:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            fail(f"{where}{exc.strerror or exc}; check the path, permissions and free space", 2)
+        except MemoryError:
+            fail("out of memory; use a smaller --shape/--spacing or --batch-size", 2)
+        except Exception as exc:  # noqa: BLE001 - last line of defence, still one line
+            if debug["on"]:
+                raise
+            fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", 1)
+
+    return wrapper
+
+
+class ProgressUI:
+    """One Rich bar per kind of task, fed by any `on_progress(Step)` of the package."""
+
+    def __init__(self, enabled: bool = True, transient: bool = False) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.enabled = enabled
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            disable=not enabled,
+            transient=transient,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> ProgressUI:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def log(self, message: str) -> None:
+        if self.enabled:
+            self.bar.console.print(message, highlight=False)
+
+    def on_progress(self, step) -> None:
+        key = step.task.split()[0]  # "epoch 3" and "epoch 4" share one bar
+        if key not in self.tasks:
+            self.tasks[key] = self.bar.add_task(step.task, total=step.total, detail="")
+        self.bar.update(
+            self.tasks[key],
+            completed=step.done,
+            total=step.total,
+            description=step.task,
+            detail=step.detail,
+        )
+
+
+@contextlib.contextmanager
+def graceful_interrupt(log: Callable[[str], None]):
+    """First Ctrl-C: finish the current step, save a resumable checkpoint. Second: abort."""
+    import signal
+    import threading
+
+    event = threading.Event()
+
+    def handler(signum, frame) -> None:
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+        log("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread (e.g. some test runners): no handler
+        yield event
+        return
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def launch_torchrun(nproc: int) -> int:
+    """Re-run this very command under torchrun on one machine (`--nproc` is a convenience)."""
+    import subprocess
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "voxseg",
+        *args,
+    ]
+    return subprocess.call(cmd)
