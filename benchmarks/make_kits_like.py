@@ -38,31 +38,35 @@ def resampled(label: np.ndarray, g: Geometry, spacing: tuple[float, float, float
     return out, Geometry(shape, true_spacing, origin, g.direction)
 
 
+def make_case(case: Path, out: Path, seed: int) -> str:
+    """One KiTS-like case from a KiTS19 case folder: 1.6 mm in-plane, 3-5 mm slices (drawn
+    from `seed`), CT painted with `seed`; written to out/<case name>. Returns a one-line log."""
+    rng = np.random.default_rng(seed)
+    label, g = read_image(case / "segmentation.nii.gz")
+    # KiTS arrays: the slice axis is the one along the patient's superior-inferior direction
+    slice_axis = int(np.argmax([abs(g.direction_matrix[2, 2 - a]) for a in range(3)]))
+    target = [1.6, 1.6, 1.6]
+    target[slice_axis] = max(g.spacing[slice_axis], float(rng.choice([3.0, 4.0, 5.0])))
+    small, sg = resampled(label, g, tuple(target))
+    image = paint_ct(small, sg.spacing, seed=seed, direction=sg.direction_matrix)
+    folder = out / case.name
+    write_image(folder / "imaging.nii.gz", image, sg, overwrite=True)
+    write_image(folder / "segmentation.nii.gz", small.astype(np.uint8), sg, overwrite=True)
+    return (
+        f"{case.name}: {g.shape} @ {tuple(round(s, 2) for s in g.spacing)} -> "
+        f"{sg.shape} @ {tuple(round(s, 2) for s in sg.spacing)}"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cases", type=int, default=50)
     p.add_argument("--first", type=int, default=0, help="first KiTS case index to use")
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    rng = np.random.default_rng(args.seed)
     cases = sorted(SHARED.glob("case_*"))[args.first : args.first + args.cases]
     for i, case in enumerate(cases):
-        label, g = read_image(case / "segmentation.nii.gz")
-        # KiTS arrays: the slice axis is the one with the largest spacing or the odd-sized one
-        slice_axis = int(np.argmax([abs(g.direction_matrix[2, 2 - a]) for a in range(3)]))
-        target = [1.6, 1.6, 1.6]
-        target[slice_axis] = max(g.spacing[slice_axis], float(rng.choice([3.0, 4.0, 5.0])))
-        small, sg = resampled(label, g, tuple(target))
-        image = paint_ct(small, sg.spacing, seed=args.seed + i, direction=sg.direction_matrix)
-        folder = args.out / case.name
-        write_image(folder / "imaging.nii.gz", image, sg, overwrite=True)
-        write_image(folder / "segmentation.nii.gz", small.astype(np.uint8), sg, overwrite=True)
-        print(
-            f"{case.name}: {g.shape} @ {tuple(round(s, 2) for s in g.spacing)} -> "
-            f"{sg.shape} @ {tuple(round(s, 2) for s in sg.spacing)}",
-            flush=True,
-        )
+        print(make_case(case, args.out, seed=args.first + i), flush=True)
 
 
 if __name__ == "__main__":

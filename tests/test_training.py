@@ -177,3 +177,21 @@ def test_fit_array_api_like_keras(tmp_path: Path):
     for f in ("model.safetensors", "config.json", "last.safetensors", "metrics.csv", "curves.png"):
         assert (run / f).is_file(), f
     assert json.loads((run / "config.json").read_text(encoding="utf-8"))["model"]["name"] == "seed"
+
+
+def test_time_budget_is_spent_and_the_schedule_follows_the_clock(tmp_path: Path):
+    """With --max-minutes the clock ends training (not an epoch count), the learning rate
+    decays with the elapsed share of the budget, and epochs adapt their length."""
+    budget_s = 4.0
+    config = _config(
+        epochs=10_000, max_minutes=budget_s / 60, steps_per_epoch=2, patience=0, augment=False
+    )
+    _, state = _run(tmp_path, config, _prepared(3))
+    assert state.stopped == "time budget"
+    assert budget_s * 0.8 <= state.elapsed <= budget_s * 1.5, state.elapsed
+    lrs = [r.lr for r in state.history]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.5 * config.train.lr
+    # Later epochs are sized so validation stays a bounded share of the time.
+    assert any(r.steps != 2 for r in state.history[1:])
+    rows = RunFolder(tmp_path).read_metrics()
+    assert all(r.step_seconds > 0 and r.val_seconds > 0 for r in rows)

@@ -222,8 +222,13 @@ class RunFolder:
             }
             bad = [name for name in (_LAST, _OPTIMIZER) if found.get(name) is None]
             if not bad:
+                problems += [
+                    f"{name} damaged, its previous copy is intact"
+                    for name, p in found.items()
+                    if p != self.root / name
+                ]
                 note = ""
-                if path != state_path:
+                if problems:
                     note = f"latest checkpoint damaged ({'; '.join(problems)}); "
                     note += f"resuming from epoch {data.get('epoch')}"
                 values = data.pop("optimizer", {})
