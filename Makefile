@@ -18,7 +18,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/voxseg demo --out $(DEMO_DIR)
+	$(BIN)/voxseg demo --out $(DEMO_DIR) --overwrite
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

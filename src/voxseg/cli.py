@@ -3,6 +3,7 @@ that `voxseg --help` stays instant."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +11,7 @@ from typing import Annotated
 import typer
 
 from voxseg.console import (
+    OneLineErrors,
     ProgressUI,
     console,
     err_console,
@@ -25,14 +27,21 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=OneLineErrors,
 )
 
 
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="Show full tracebacks and the image libraries' warnings."),
+    ] = False,
 ) -> None:
     debug_flag["on"] = debug
+    from voxseg.data.io import show_library_warnings
+
+    show_library_warnings(debug)
 
 
 def _parse_foreground(value: str | None) -> tuple[int, ...] | None:
@@ -41,9 +50,15 @@ def _parse_foreground(value: str | None) -> tuple[int, ...] | None:
     if value is None or value.strip().lower() in ("", "all", "nonzero"):
         return None
     try:
-        return tuple(int(v) for v in value.replace(",", " ").split())
+        values = tuple(int(v) for v in value.replace(",", " ").split())
     except ValueError:
-        raise ConfigError(f"--foreground {value!r}: give label values like '2' or '1,2'") from None
+        values = ()
+    if not values or min(values) < 1:
+        raise ConfigError(
+            f"--foreground {value!r}: give positive label values like '2' or '1,2' "
+            "(0 is background)"
+        )
+    return values
 
 
 ForegroundOpt = Annotated[
@@ -283,10 +298,13 @@ def train(
         raise typer.Exit(130)
     if not ui.enabled:
         return
+    if math.isnan(state.best_dice):  # no validation case: the lowest training loss won
+        best = f"no validation: kept epoch {state.best_epoch} (lowest training loss)"
+    else:
+        best = f"best validation Dice {state.best_dice:.4f} at epoch {state.best_epoch}"
     console.print(
-        f"stopped: {state.stopped or 'done'}; best validation Dice {state.best_dice:.4f} at epoch "
-        f"{state.best_epoch} of {state.epoch}; trained {time_summary(config, state)}; "
-        f"model in {RunFolder(out).best_weights}",
+        f"stopped: {state.stopped or 'done'}; {best} of {state.epoch}; "
+        f"trained {time_summary(config, state)}; model in {RunFolder(out).best_weights}",
         highlight=False,
     )
 
@@ -365,12 +383,11 @@ def evaluate(
     """Dice, IoU, precision, recall, HD95, surface Dice (1/2 mm), volume difference per case."""
     from rich.table import Table
 
-    from voxseg.data.io import check_output
+    from voxseg.evaluation import check_results, write_results
     from voxseg.evaluation import evaluate as run_evaluation
-    from voxseg.evaluation import write_results
 
     if out is not None:
-        check_output(out, overwrite)
+        check_results(out, overwrite)
     result = run_evaluation(pred, gt, foreground=_parse_foreground(foreground))
     rows = result.table()
     table = Table(
@@ -385,7 +402,7 @@ def evaluate(
     for note in result.notes:
         err_console.print(f"note: {note}", highlight=False)
     if out is not None:
-        json_path, csv_path = write_results(result, out)
+        json_path, csv_path = write_results(result, out, overwrite)
         console.print(f"wrote {json_path} and {csv_path}")
 
 
@@ -430,6 +447,9 @@ def demo(
     ] = Path("demo_out"),
     cases: Annotated[int, typer.Option("--cases", min=4)] = 16,
     minutes: Annotated[float, typer.Option("--minutes", min=0.1, help="Training budget.")] = 2.0,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace what an earlier demo left in --out.")
+    ] = False,
 ) -> None:
     """The whole job on synthetic data: synthesise -> train -> predict -> evaluate -> report."""
     from voxseg.demo import run_demo
@@ -437,5 +457,5 @@ def demo(
 
     with ProgressUI() as ui:
         hooks = TrainHooks(on_progress=ui.on_progress, log=ui.log)
-        report_path = run_demo(out, cases=cases, minutes=minutes, hooks=hooks)
+        report_path = run_demo(out, cases=cases, minutes=minutes, hooks=hooks, overwrite=overwrite)
     console.print(f"open the report: {report_path.resolve()}")

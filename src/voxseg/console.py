@@ -12,12 +12,47 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
+import typer.core
 from rich.console import Console
 
 console = Console()
 err_console = Console(stderr=True)
 debug = {"on": False}
 """Set by `voxseg --debug`: show tracebacks instead of one-line errors."""
+
+
+def _click_module():
+    """The click Typer runs on (vendored as typer._click since 0.29, plain click before)."""
+    import importlib
+
+    import typer.core
+
+    return getattr(typer.core, "_click", None) or importlib.import_module("click")
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Usage errors (a bad option value, a missing option) as one line plus a hint to
+    `--help`, instead of a boxed multi-line panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        click = _click_module()
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            console.print(exc.format_message(), highlight=False, markup=False)
+            sys.exit(exc.exit_code)
+        except click.exceptions.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            message = " ".join(exc.format_message().split())
+            err_console.print(f"error: {message}{hint}", highlight=False, markup=False)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            err_console.print("aborted")
+            sys.exit(1)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
 
 
 def fail(message: str, code: int) -> None:
@@ -49,7 +84,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             where = f"{exc.filename}: " if exc.filename else ""
             fail(f"{where}{exc.strerror or exc}; check the path, permissions and free space", 2)
         except MemoryError:
-            fail("out of memory; use a smaller --shape/--spacing or --batch-size", 2)
+            fail(
+                "out of memory; use a coarser --spacing (more mm per voxel), a smaller --shape "
+                "or --batch-size, or free memory",
+                2,
+            )
         except Exception as exc:  # noqa: BLE001 - last line of defence, still one line
             if debug["on"]:
                 raise

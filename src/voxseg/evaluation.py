@@ -21,7 +21,7 @@ import numpy as np
 from voxseg.atomic import write_text
 from voxseg.data.checks import binary_target
 from voxseg.data.discovery import discover, require_labelled
-from voxseg.data.io import image_stem, is_image_file, read_image
+from voxseg.data.io import check_output, image_stem, is_image_file, read_image
 from voxseg.errors import InputError
 from voxseg.geometry import Geometry
 from voxseg.metrics import (
@@ -147,10 +147,28 @@ def _finite_or_none(d: dict) -> dict:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
 
 
-def write_results(result: EvaluationResult, out: str | Path) -> tuple[Path, Path]:
-    """`out` as JSON and the per-case table beside it as CSV (same stem); both atomic."""
+def result_paths(out: str | Path) -> tuple[Path, Path]:
+    """metrics.json and the per-case table beside it (metrics.csv)."""
     out = Path(out)
-    csv_path = out.with_suffix(".csv")
+    if out.suffix.lower() != ".json":
+        raise InputError(
+            f"{out}: give a .json file for --out (the per-case CSV is written beside it)"
+        )
+    return out, out.with_suffix(".csv")
+
+
+def check_results(out: str | Path, overwrite: bool) -> None:
+    """Refuse before any work if either output exists and `overwrite` is not set."""
+    for path in result_paths(out):
+        check_output(path, overwrite)
+
+
+def write_results(
+    result: EvaluationResult, out: str | Path, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """`out` as JSON and the per-case table beside it as CSV (same stem); both atomic."""
+    check_results(out, overwrite)
+    out, csv_path = result_paths(out)
     # allow_nan=False: a stray inf/NaN fails here instead of writing invalid JSON.
     write_text(out, json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
     buf = io.StringIO()
@@ -258,5 +276,11 @@ def evaluate(
         totals = totals + ConfusionCounts.from_masks(pred_mask, gt_mask)
         cases.append(case_metrics(pair.case_id, pred_mask, gt_mask, gt_geom.spacing))
         on_progress(Step("evaluating", len(cases), len(pairs), pair.case_id))
+    if totals.tp + totals.fn == 0:
+        target = "every non-zero label" if foreground is None else f"label {foreground}"
+        raise InputError(
+            f"{gt}: the ground truth has no voxel of the target ({target}) in any of "
+            f"{len(cases)} cases: there is nothing to score; check --foreground and the labels"
+        )
     summary = {m: summarise([getattr(c, m) for c in cases]) for m in METRICS}
     return EvaluationResult(tuple(cases), summary, totals, tuple(notes), tuple(pairs))

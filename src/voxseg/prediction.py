@@ -22,6 +22,7 @@ from voxseg.data.guards import check_memory
 from voxseg.data.io import (
     IMAGE_SUFFIXES,
     check_output,
+    image_stem,
     read_image,
     read_info,
     write_image,
@@ -117,6 +118,25 @@ def output_paths(input_path: Path, output: Path, cases: list[Case], single: bool
     return [output / f"{c.case_id}.nii.gz" for c in cases]
 
 
+def probability_path(mask_path: Path) -> Path:
+    """Where the probabilities go beside a mask: `m.nii.gz` -> `m_prob.nii.gz`, `m.nrrd` ->
+    `m_prob.nrrd` (never the mask's own name)."""
+    stem = image_stem(mask_path)
+    return mask_path.with_name(f"{stem}_prob{mask_path.name[len(stem) :] or '.nii.gz'}")
+
+
+def _refuse_writing_over_inputs(cases: list[Case], outputs: list[Path]) -> None:
+    """Inputs are never replaced, --overwrite or not (an output folder may be the input one)."""
+    inputs = {p.resolve() for c in cases for p in (c.image, c.label) if p is not None}
+    for out in outputs:
+        target = out.resolve()
+        hit = target if target in inputs else next((d for d in target.parents if d in inputs), None)
+        if hit is not None:
+            raise InputError(
+                f"{out}: would replace the input {hit}; give an --output outside the inputs"
+            )
+
+
 def _is_complete(path: Path, geometry: Geometry) -> bool:
     """An existing output that reads back on the right grid counts as done."""
     try:
@@ -151,13 +171,18 @@ def iter_predictions(
         if output is not None
         else [None] * len(cases)
     )
-    if single and paths[0] is not None:
-        check_output(paths[0], overwrite)
+    if output is not None:
+        extra = [probability_path(p) for p in paths] if probabilities else []
+        _refuse_writing_over_inputs(cases, [*paths, *extra])
+        if single:
+            for path in [paths[0], *extra]:
+                check_output(path, overwrite)
     rank, world = shard
     mine = list(zip(cases, paths, strict=True))[rank::world]
     for i, (case, path) in enumerate(mine, start=1):
         info = read_info(case.image)
         done = path is not None and path.exists() and not overwrite and not single
+        done = done and (not probabilities or probability_path(path).exists())
         if done and _is_complete(path, info.geometry):
             on_progress(Step("predicting", i, len(mine), f"{case.case_id} exists, kept"))
             yield Prediction(case.case_id, None, info.geometry, path=path, skipped=True)
@@ -172,12 +197,7 @@ def iter_predictions(
             remove_stale_parts(path.parent, path.name)  # this case's leftovers from a crash
             write_mask(path, mask, geometry, overwrite=True)
             if probs is not None:
-                write_image(
-                    path.with_name(path.name.replace(".nii.gz", "_prob.nii.gz")),
-                    probs,
-                    geometry,
-                    overwrite=True,
-                )
+                write_image(probability_path(path), probs, geometry, overwrite=True)
         on_progress(Step("predicting", i, len(mine), case.case_id))
         yield Prediction(case.case_id, mask, geometry, probs, path)
 

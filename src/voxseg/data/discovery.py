@@ -95,24 +95,47 @@ def _image_files(folder: Path) -> list[Path]:
         return []
 
 
+def _channel_groups(files: list[Path], labels: dict[str, Path]) -> dict[str, list[Path]]:
+    """Case id -> its files. nnU-Net names channels `<case>_0000`, `_0001`...; a `_dddd` suffix
+    is read as a channel only when the case has a `_0000` file, so ids such as patient_0001,
+    patient_0002 stay separate cases."""
+    stems = {image_stem(p): p for p in files}
+    groups: dict[str, list[Path]] = {}
+    for stem, p in sorted(stems.items()):
+        m = _MSD_CHANNEL.match(stem)
+        is_channel = m and stem not in labels and f"{m.group('case')}_0000" in stems
+        groups.setdefault(m.group("case") if is_channel else stem, []).append(p)
+    return groups
+
+
 def _msd_cases(root: Path) -> tuple[list[Case], list[str]]:
     cases, notes = [], []
     labels = {image_stem(p): p for p in _image_files(root / "labelsTr")}
     for sub, labelled in (("imagesTr", True), ("imagesTs", False)):
-        by_case: dict[str, list[Path]] = {}
-        for p in _image_files(root / sub):
-            stem = image_stem(p)
-            m = _MSD_CHANNEL.match(stem)
-            case_id = m.group("case") if m and stem not in labels else stem
-            by_case.setdefault(case_id, []).append(p)
-        for case_id, files in sorted(by_case.items()):
+        for case_id, files in _channel_groups(_image_files(root / sub), labels).items():
             if len(files) > 1:
-                notes.append(f"{case_id}: {len(files)} channels, using {files[0].name} only")
+                raise InputError(
+                    f"{files[0].parent}: case {case_id} has {len(files)} channels "
+                    f"({', '.join(f.name for f in files[:3])}); voxseg segments single-channel "
+                    "scans: keep one channel per case (e.g. the CT, _0000)"
+                )
             label = labels.get(case_id) if labelled else None
             if labelled and label is None:
                 notes.append(f"{files[0]}: no label in labelsTr, listed as unlabelled")
             cases.append(Case(case_id, files[0], label))
     return cases, notes
+
+
+def _unique_ids(root: Path, cases: Sequence[Case]) -> None:
+    """Two scans with one case id would write one output over the other: refuse."""
+    seen: dict[str, Path] = {}
+    for case in cases:
+        if case.case_id in seen:
+            raise InputError(
+                f"{root}: {seen[case.case_id].name} and {case.image.name} are both case "
+                f"{case.case_id!r}; rename or move one of them"
+            )
+        seen[case.case_id] = case.image
 
 
 def discover(root: str | Path) -> Dataset:
@@ -126,6 +149,9 @@ def discover(root: str | Path) -> Dataset:
         raise InputError(
             f"{root}: not an image file ({', '.join(IMAGE_SUFFIXES)}) or a folder; check the path"
         )
+    if (root / KITS_IMAGE).is_file():  # one KiTS case folder: its scan, never its labels
+        label = next((root / n for n in KITS_LABELS if (root / n).is_file()), None)
+        return Dataset(root, "kits19", (Case(root.name, root / KITS_IMAGE, label),))
     for base, layout in ((root, "kits19"), (root / "data", "kits19"), (root / "dataset", "kits21")):
         if base.is_dir():
             cases, notes = _kits_cases(base)
@@ -135,10 +161,13 @@ def discover(root: str | Path) -> Dataset:
     if (root / "imagesTr").is_dir() or (root / "imagesTs").is_dir():
         cases, notes = _msd_cases(root)
         if cases:
+            _unique_ids(root, cases)
             return Dataset(root, "msd", tuple(cases), tuple(notes))
     files = _image_files(root)
     if files:
-        return Dataset(root, "folder", tuple(Case(image_stem(p), p) for p in files))
+        cases = [Case(image_stem(p), p) for p in files]
+        _unique_ids(root, cases)
+        return Dataset(root, "folder", tuple(cases))
     dicom = [d for d in [root, *_subdirs(root)] if is_dicom_dir(d)]
     if dicom:
         return Dataset(root, "folder", tuple(Case(d.name, d) for d in dicom))
@@ -171,6 +200,11 @@ def split_cases(
         unknown = wanted - {c.case_id for c in cases}
         if unknown:
             raise ConfigError(f"--val-cases: unknown case ids {sorted(unknown)}")
+        if wanted >= {c.case_id for c in cases}:
+            raise ConfigError(
+                f"--val-cases names all {len(cases)} cases: none is left to train on; "
+                "validate on fewer cases"
+            )
         return [c for c in cases if c.case_id not in wanted], [
             c for c in cases if c.case_id in wanted
         ]

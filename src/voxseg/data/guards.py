@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from voxseg.data.io import ImageInfo
-from voxseg.errors import InputError
+from voxseg.errors import ConfigError, InputError
 
 ENV_LIMIT = "VOXSEG_MEMORY_LIMIT_GB"
 _ITEMSIZE = {
@@ -47,10 +47,23 @@ def estimate_bytes(info: ImageInfo) -> int:
     return voxels * (2 * _ITEMSIZE.get(info.dtype, 8) + 4 + 1)
 
 
+def memory_limit() -> float | None:
+    """Bytes voxseg may use: `VOXSEG_MEMORY_LIMIT_GB` if set, else what is available now."""
+    value = os.environ.get(ENV_LIMIT)
+    if not value:
+        return available_bytes()
+    try:
+        limit = float(value)
+    except ValueError:
+        limit = -1.0
+    if not limit > 0 or limit == float("inf"):
+        raise ConfigError(f"{ENV_LIMIT}={value!r}: give a number of GB, e.g. {ENV_LIMIT}=16")
+    return limit * 2**30
+
+
 def check_memory(info: ImageInfo) -> None:
     need = estimate_bytes(info)
-    limit_env = os.environ.get(ENV_LIMIT)
-    limit = float(limit_env) * 2**30 if limit_env else available_bytes()
+    limit = memory_limit()
     if limit is not None and need > limit:
         raise InputError(
             f"{info.path}: a {'x'.join(map(str, info.geometry.shape))} {info.dtype} volume needs "

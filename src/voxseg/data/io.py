@@ -29,6 +29,14 @@ class ImageInfo:
     dtype: str
 
 
+def show_library_warnings(show: bool) -> None:
+    """ITK and GDCM print WARNING lines on stderr (sform notes, odd folders); voxseg reports
+    what matters itself, so they are shown only when asked (`voxseg --debug`)."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(show)
+
+
 def image_stem(path: Path) -> str:
     """File name without its image extension: ``scan_7.nii.gz`` -> ``scan_7``."""
     name = path.name

@@ -13,6 +13,7 @@ import torch
 
 from voxseg.config import SEED_SHAPE, RunConfig
 from voxseg.data.discovery import Case, discover, require_labelled, split_cases
+from voxseg.data.guards import memory_limit
 from voxseg.distributed import DistContext, barrier, init_from_env, shutdown, wrap
 from voxseg.errors import ConfigError, OutputExistsError
 from voxseg.postprocess import choose_keep_largest
@@ -60,6 +61,7 @@ def check_options(o: TrainOptions) -> RunConfig:
         raise ConfigError(
             f"--preset {o.preset!r}: choose 'seed' or leave it out for the planned default"
         )
+    memory_limit()
     return RunConfig().override(_grid_overrides(o.overrides), complete=False)
 
 
@@ -194,6 +196,8 @@ def _run(o: TrainOptions, hooks: TrainHooks, dist: DistContext) -> tuple[RunConf
                 log("resuming with " + ", ".join(f"{k} = {v}" for k, v in changes.items()))
         else:
             labelled = require_labelled(dataset, 2)
+            wanted = check_options(o).train  # a bad split fails before anything is read
+            split_cases(labelled, val_fraction=wanted.val_fraction, val_cases=wanted.val_cases)
             fingerprint = measure_fingerprint(labelled, foreground)
             config, throughput = resolve_config(o, fingerprint, dist.device, log)
             record = {"fingerprint": fingerprint.to_dict()}
@@ -221,6 +225,13 @@ def _run(o: TrainOptions, hooks: TrainHooks, dist: DistContext) -> tuple[RunConf
     if not dist.is_main:
         prepared = prepare_cases(cases, config, cache_dir, ignore)
     train_prepared, val_prepared = prepared[: len(train_cases)], prepared[len(train_cases) :]
+    if not any(len(c.foreground) for c in train_prepared):
+        target = config.data.foreground
+        raise ConfigError(
+            f"{dataset.root}: no training label has a voxel of the target "
+            f"({'every non-zero label' if target is None else f'--foreground {target}'}); "
+            "check --foreground against the label values `voxseg info` shows"
+        )
 
     torch.manual_seed(tc.seed)
     model = build_model(config.model.name, **config.model.options)

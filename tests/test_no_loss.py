@@ -1,0 +1,283 @@
+"""Reliability, round 2, through the CLI: nothing the user has is overwritten, inputs never are,
+a target that is not in the data is an error, layouts are not guessed wrong, resume never mixes
+runs, numbers are checked before work, and errors are one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import blob_case, geometry_for, write_case
+from tests.test_cli import SEED_16, assert_user_error, invoke
+from voxseg.data.io import read_image, write_image
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A tiny trained seed run on a KiTS-layout folder (kits_tiny's cases, module-wide)."""
+    root = tmp_path_factory.mktemp("noloss")
+    data = root / "kits"
+    for i in range(3):
+        image, label = blob_case(seed=i)
+        write_case(data / f"case_{i:05d}", image, label, geometry_for(image.shape))
+    out = root / "run"
+    result = invoke("train", "--data", data, "--out", out, *SEED_16, "--cache", root / "cache")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _scans(folder: Path, names: list[str]) -> Path:
+    image, _ = blob_case()
+    for name in names:
+        write_image(folder / name, image, geometry_for(image.shape))
+    return folder
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+# ---- 1. nothing the user has is overwritten without --overwrite ------------------------------
+
+
+def test_demo_refuses_a_folder_that_holds_data(tmp_path: Path):
+    out = tmp_path / "k"
+    _scans(out / "data" / "case_00000", ["imaging.nii.gz"])
+    (out / "metrics.json").write_text("{}", encoding="utf-8")
+    before = _snapshot(out)
+    assert_user_error(invoke("demo", "--out", out), "--overwrite")
+    assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize("existing", ["m.json", "m.csv"])
+def test_evaluate_never_replaces_either_output(tmp_path: Path, run: Path, existing: str):
+    gt = run.parent / "kits"
+    pred = tmp_path / "pred"
+    assert invoke("predict", "--model", run, "--input", gt, "--output", pred).exit_code == 0
+    (tmp_path / existing).write_text("mine", encoding="utf-8")
+    assert_user_error(
+        invoke("evaluate", "--pred", pred, "--gt", gt, "--out", tmp_path / "m.json"), existing
+    )
+    assert (tmp_path / existing).read_text(encoding="utf-8") == "mine"
+    assert_user_error(
+        invoke("evaluate", "--pred", pred, "--gt", gt, "--out", tmp_path / "x.csv"), ".json"
+    )
+
+
+@pytest.mark.parametrize("names", [["a.nii.gz", "a.nii"], ["b.nrrd", "b.mha"]])
+def test_two_scans_with_one_case_id_are_refused(tmp_path: Path, run: Path, names):
+    scans = _scans(tmp_path / "scans", names)
+    result = invoke("predict", "--model", run, "--input", scans, "--output", tmp_path / "o")
+    assert_user_error(result, names[0], names[1])
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd"])
+def test_probabilities_never_replace_the_mask(tmp_path: Path, run: Path, suffix: str):
+    scan = _scans(tmp_path, ["scan.nii.gz"]) / "scan.nii.gz"
+    out = tmp_path / f"m{suffix}"
+    result = invoke("predict", "--model", run, "--input", scan, "--output", out, "--probabilities")
+    assert result.exit_code == 0, result.output
+    mask, _ = read_image(out)
+    prob, _ = read_image(tmp_path / f"m_prob{suffix}")
+    assert mask.dtype == np.uint8 and prob.dtype == np.float32
+
+
+# ---- 2. inputs are never overwritten, even with --overwrite -----------------------------------
+
+
+@pytest.mark.parametrize("single", [True, False])
+def test_inputs_are_never_overwritten(tmp_path: Path, run: Path, single: bool):
+    scans = _scans(tmp_path / "scans", ["a.nii.gz", "b.nii.gz"])
+    target = scans / "a.nii.gz" if single else scans
+    before = _snapshot(scans)
+    result = invoke("predict", "--model", run, "--input", target, "--output", target, "--overwrite")
+    assert_user_error(result, "input")
+    assert _snapshot(scans) == before
+
+
+# ---- 5. a target that is not in the data is an error, not a perfect score ----------------------
+
+
+@pytest.mark.parametrize("foreground", ["7", "-1", "0", "1,0"])
+def test_train_refuses_a_target_absent_from_the_labels(tmp_path: Path, run: Path, foreground):
+    data = run.parent / "kits"
+    result = invoke(
+        "train", "--data", data, "--out", tmp_path / "r", *SEED_16, "--foreground", foreground
+    )
+    assert_user_error(result, "foreground")
+    assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_train_refuses_all_zero_labels(tmp_path: Path):
+    image, label = blob_case()
+    for i in range(3):
+        write_case(tmp_path / "d" / f"case_{i:05d}", image, 0 * label, geometry_for(image.shape))
+    result = invoke("train", "--data", tmp_path / "d", "--out", tmp_path / "r", *SEED_16)
+    assert_user_error(result, "no training label")
+
+
+def test_evaluate_refuses_a_target_absent_from_the_ground_truth(tmp_path: Path, run: Path):
+    gt = run.parent / "kits"
+    pred = tmp_path / "pred"
+    assert invoke("predict", "--model", run, "--input", gt, "--output", pred).exit_code == 0
+    assert_user_error(invoke("evaluate", "--pred", pred, "--gt", gt, "--foreground", "7"), "7")
+
+
+def test_report_scores_the_target_the_run_learned(tmp_path: Path):
+    data = tmp_path / "kits"
+    for i in range(3):
+        image, label = blob_case(seed=i)
+        write_case(data / f"case_{i:05d}", image, label, geometry_for(image.shape))
+    run = tmp_path / "run"
+    args = ("--data", data, "--out", run, *SEED_16, "--foreground", "2")
+    assert invoke("train", *args).exit_code == 0
+    pred = tmp_path / "pred"
+    for case in (data / f"case_{i:05d}" for i in range(3)):  # the tumour itself as prediction
+        label, g = read_image(case / "segmentation.nii.gz")
+        write_image(pred / f"{case.name}.nii.gz", (label == 2).astype(np.uint8), g)
+    report = tmp_path / "r.html"
+    assert invoke("report", run, "--pred", pred, "--gt", data, "--out", report).exit_code == 0
+    assert "Global Dice (summed counts over all cases): 1.0000" in report.read_text("utf-8")
+
+
+# ---- 6. --val-fraction 0 leaves a model and says so ------------------------------------------
+
+
+def test_no_validation_still_leaves_a_model(tmp_path: Path, run: Path):
+    out = tmp_path / "r"
+    args = ("--data", run.parent / "kits", "--out", out, *SEED_16, "--val-fraction", "0")
+    result = invoke("train", *args)
+    assert result.exit_code == 0, result.output
+    assert (out / "model.safetensors").is_file() and "no validation" in result.stdout
+
+
+# ---- 8. dataset layouts are not guessed wrong -----------------------------------------------
+
+
+def test_msd_ids_with_four_digits_are_cases_not_channels(tmp_path: Path, run: Path):
+    names = ["patient_0001.nii.gz", "patient_0002.nii.gz", "patient_0003.nii.gz"]
+    root = tmp_path / "msd"
+    _scans(root / "imagesTs", names)
+    out = tmp_path / "o"
+    assert invoke("predict", "--model", run, "--input", root, "--output", out).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == names
+
+
+def test_a_kits_case_folder_predicts_its_scan_only(tmp_path: Path, run: Path):
+    case = run.parent / "kits" / "case_00001"
+    out = tmp_path / "o"
+    assert invoke("predict", "--model", run, "--input", case, "--output", out).exit_code == 0
+    assert [p.name for p in out.iterdir()] == ["case_00001.nii.gz"]
+
+
+def test_multi_channel_msd_is_refused(tmp_path: Path, run: Path):
+    root = tmp_path / "msd"
+    _scans(root / "imagesTs", ["p_0000.nii.gz", "p_0001.nii.gz"])
+    result = invoke("predict", "--model", run, "--input", root, "--output", tmp_path / "o")
+    assert_user_error(result, "2 channels")
+
+
+# ---- 9. --resume never mixes runs silently ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--lr", "0.5"), ("--model", "unet"), ("--optimizer", "sgd")]
+)
+def test_resume_refuses_settings_that_cannot_change(tmp_path: Path, run: Path, option, value):
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for f in run.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    before = (copy / "config.json").read_text(encoding="utf-8")
+    result = invoke(
+        "train", "--data", run.parent / "kits", "--out", copy, "--resume", option, value
+    )
+    assert_user_error(result, option, "resumed run")
+    assert (copy / "config.json").read_text(encoding="utf-8") == before
+
+
+def test_resume_refuses_another_dataset(tmp_path: Path, run: Path):
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for f in run.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    other = tmp_path / "other"
+    for i in range(3):
+        image, label = blob_case(seed=i)
+        write_case(other / f"case_{i + 10:05d}", image, label, geometry_for(image.shape))
+    result = invoke("train", "--data", other, "--out", copy, "--resume")
+    assert_user_error(result, "not the dataset")
+
+
+def test_resume_may_extend_the_epochs_and_says_so(tmp_path: Path, run: Path):
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for f in run.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    result = invoke(
+        "train", "--data", run.parent / "kits", "--out", copy, "--resume", "--epochs", "2"
+    )
+    assert result.exit_code == 0, result.output
+    assert "train.epochs = 2" in result.stderr
+    assert json.loads((copy / "config.json").read_text(encoding="utf-8"))["train"]["epochs"] == 2
+
+
+# ---- 10. numbers from the user are validated before any work -----------------------------------
+
+
+def test_validation_on_every_case_is_refused_before_reading(tmp_path: Path, run: Path):
+    data = run.parent / "kits"
+    ids = "case_00000,case_00001,case_00002"
+    result = invoke("train", "--data", data, "--out", tmp_path / "r", *SEED_16, "--val-cases", ids)
+    assert_user_error(result, "--val-cases")
+    assert not (tmp_path / "r" / "config.json").exists()
+
+
+@pytest.mark.parametrize("value", ["lots", "-3", "0", "nan"])
+def test_a_bad_memory_limit_is_one_line(tmp_path: Path, run: Path, monkeypatch, value):
+    monkeypatch.setenv("VOXSEG_MEMORY_LIMIT_GB", value)
+    result = invoke("train", "--data", run.parent / "kits", "--out", tmp_path / "r", *SEED_16)
+    assert_user_error(result, "VOXSEG_MEMORY_LIMIT_GB")
+
+
+# ---- 12. one line means one line ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("train", "--epochs", "zero"), ("predict",), ("evaluate", "--pred"), ("nonsense",)],
+)
+def test_usage_errors_are_one_line_with_a_hint(args):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "voxseg", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        check=False,
+    )
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--help" in lines[0], lines
+
+
+# ---- 13. outputs get the usual file mode -------------------------------------------------------
+
+
+def test_masks_and_weights_get_the_usual_mode(tmp_path: Path, run: Path):
+    mask = tmp_path / "m.nii.gz"
+    scan = run.parent / "kits" / "case_00000" / "imaging.nii.gz"
+    assert invoke("predict", "--model", run, "--input", scan, "--output", mask).exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    expected = 0o666 & ~umask
+    for path in (mask, run / "model.safetensors", run / "last.safetensors", run / "config.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
