@@ -56,11 +56,13 @@ def voxseg(*args: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def one_run(work: Path, train: Path, test: Path, minutes: float, seed: int, busy: bool) -> dict:
+def one_run(
+    work: Path, train: Path, test: Path, minutes: float, seed: int, busy: bool, extra: list[str]
+) -> dict:
     from voxseg.evaluation import evaluate
     from voxseg.run_folder import RunFolder
 
-    name = f"{'busy' if busy else 'quiet'}_{seed}"
+    name = "_".join(["busy" if busy else "quiet", str(seed), *[a.strip("-") for a in extra]])
     run, pred = work / "runs" / name, work / "pred" / name
     background = hog() if busy else None
     try:
@@ -78,6 +80,7 @@ def one_run(work: Path, train: Path, test: Path, minutes: float, seed: int, busy
             "--overwrite",
             "--cache",
             str(work / "cache"),
+            *extra,
         )
         train_wall = time.monotonic() - started
         t0 = time.monotonic()
@@ -94,6 +97,7 @@ def one_run(work: Path, train: Path, test: Path, minutes: float, seed: int, busy
     return {
         "condition": "busy" if busy else "quiet",
         "seed": seed,
+        "train_args": extra,
         "budget_s": minutes * 60,
         "trained_s": state.elapsed if state else None,
         "train_wall_s": train_wall,
@@ -116,6 +120,9 @@ def main() -> None:
     p.add_argument("--conditions", nargs="+", default=["quiet", "busy"])
     p.add_argument("--work", type=Path, default=Path("/tmp/voxseg-bench-quality"))
     p.add_argument("--tag", default="", help="label of this run in the JSON (e.g. a commit)")
+    p.add_argument(
+        "--train-args", default="", help="extra `voxseg train` options, e.g. '--augment light'"
+    )
     args = p.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED}: the real KiTS19 label maps are needed (shared data absent)")
@@ -126,7 +133,8 @@ def main() -> None:
           f"{'val %':>5} {'Dice mean':>9} {'min':>6}", flush=True)  # fmt: skip
     for condition in args.conditions:
         for seed in args.seeds:
-            r = one_run(args.work, train, test, args.minutes, seed, condition == "busy")
+            extra = args.train_args.split()
+            r = one_run(args.work, train, test, args.minutes, seed, condition == "busy", extra)
             runs.append(r)
             print(
                 f"{r['condition']:9} {seed:>4} {r['trained_s']:>9.0f} "
@@ -144,7 +152,7 @@ def main() -> None:
                 "spread": [min(means), max(means)],
             }
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "quality.json"
+    out = RESULTS / f"quality{'_' + args.tag if args.tag else ''}.json"
     record = {
         "tag": args.tag,
         "machine": {"cpu": platform.processor(), "cores": os.cpu_count()},

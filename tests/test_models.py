@@ -12,7 +12,15 @@ from voxseg.models import MODEL_NAMES, SeedCNN, build_model, fuse_seed
 from voxseg.models.summary import format_summary, model_summary
 
 # Default options of every registered model, plus the variants with a different forward path.
-CASES = [(name, {}) for name in MODEL_NAMES] + [("unet", {"deep_supervision": True})]
+ANISOTROPIC = {  # thick slices: axis 0 neither convolved nor pooled at the first level
+    "depth": 2,
+    "strides": [[1, 2, 2], [2, 2, 2]],
+    "kernels": [[1, 3, 3], [3, 3, 3], [3, 3, 3]],
+}
+CASES = [(name, {}) for name in MODEL_NAMES] + [
+    ("unet", {"deep_supervision": True}),
+    ("unet", ANISOTROPIC),
+]
 SHAPE = (16, 16, 32)  # divisible by 16; the U-Net bottleneck (1, 1, 2) still has 2 voxels
 
 KERAS_SEED_PARAMS = [896, 55_360, 221_312, 442_496, 221_248, 55_328, 33]
@@ -45,7 +53,7 @@ def test_model_contract(case: tuple[str, dict]) -> None:
     assert isinstance(y, torch.Tensor) and y.shape == x.shape
     assert torch.isfinite(y).all()
 
-    bad = (SHAPE[0] + 4, *SHAPE[1:])
+    bad = (SHAPE[0] + 1, *SHAPE[1:])
     with pytest.raises(InputError, match="not divisible by"):
         model.check_shape(bad)
     with pytest.raises(InputError, match="let prediction pad"):
@@ -63,6 +71,26 @@ def test_bad_shape_message_names_nearest_sizes() -> None:
     )
     with pytest.raises(InputError, match=r"use \(16, 16, 16\), or"):
         build_model("unet").check_shape((4, 16, 16))
+
+
+def test_model_names_are_the_configs_choices() -> None:
+    import typing
+
+    from voxseg.config import ModelConfig
+
+    hints = typing.get_type_hints(ModelConfig)
+    assert set(typing.get_args(hints["name"])) == set(MODEL_NAMES)
+
+
+def test_anisotropic_unet_divisor_and_bad_topologies() -> None:
+    from voxseg.models import size_divisor
+
+    assert size_divisor("unet", **ANISOTROPIC) == (2, 4, 4)
+    assert build_model("unet", **ANISOTROPIC).divisor == (2, 4, 4)
+    with pytest.raises(ConfigError, match="strides"):
+        build_model("unet", depth=2, strides=[[3, 2, 2], [2, 2, 2]])
+    with pytest.raises(ConfigError, match="kernels"):
+        build_model("unet", depth=2, kernels=[[3, 3, 3]])
 
 
 def test_deep_supervision_outputs() -> None:

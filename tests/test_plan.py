@@ -53,13 +53,18 @@ def test_plan_is_exact_and_ignores_a_noisy_throughput():
     assert c.preprocess.spacing == (4.5, 1.6, 1.6)  # median; the median case fits the CPU budget
     # Median extents 300 x 336 x 336 mm, x 0.85 (body crop) / spacing = 56.7 x 178.5 x 178.5.
     assert quiet.median_shape == (57, 178, 178)
-    # Scaled by (0.6e6 / (57*178*178)) ** (1/3) = 0.69 -> 39.5 x 123 x 123, to multiples of 16.
-    assert c.train.patch_size == (32, 128, 128) and c.infer.window == c.train.patch_size
+    # Scaled by (0.6e6 / (57*178*178)) ** (1/3) = 0.69 -> 39.5 x 123 x 123, to multiples of
+    # the U-Net's divisor: (8, 16, 16), as 4.5 mm slices are not pooled at the first level.
+    assert c.train.patch_size == (40, 128, 128) and c.infer.window == c.train.patch_size
     assert c.preprocess.window == (-40.0, 300.0) and (c.preprocess.mean, c.preprocess.std) == (
         150.0,
         60.0,
     )
-    assert c.model.options == {"base_channels": DEVICE_BUDGETS["cpu"].base_channels}
+    assert c.model.options == {
+        "base_channels": DEVICE_BUDGETS["cpu"].base_channels,
+        "strides": [[1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
+        "kernels": [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
+    }
     # With a time budget the clock ends training: no epoch count, no early stopping.
     assert (c.train.epochs, c.train.patience, c.train.max_minutes) == (TIMED_EPOCHS, 0, 10)
     # With a time budget a 7x lower reading changes nothing (the epoch length is a ratio of

@@ -54,7 +54,7 @@ def _config(**train) -> RunConfig:
         lr=3e-3,
         precision="fp32",
         patience=0,
-        augment=True,
+        augment="full",
     )
     return RunConfig(
         preprocess=PreprocessConfig(spacing=(1.0, 1.0, 1.0)),
@@ -91,7 +91,7 @@ def test_lr_schedule_is_pure_and_bounded():
 def test_overfit_one_case_reaches_high_dice(tmp_path: Path):
     cases = _prepared(1)
     config = _config(
-        epochs=1, steps_per_epoch=60, augment=False, foreground_oversample=0.0, batch_size=1
+        epochs=1, steps_per_epoch=60, augment="off", foreground_oversample=0.0, batch_size=1
     )
     model, state = _run(tmp_path, config, cases + cases)  # validate on the training case itself
     assert state.best_dice > 0.9, state.history
@@ -184,7 +184,7 @@ def test_time_budget_is_spent_and_the_schedule_follows_the_clock(tmp_path: Path)
     decays with the elapsed share of the budget, and epochs adapt their length."""
     budget_s = 4.0
     config = _config(
-        epochs=10_000, max_minutes=budget_s / 60, steps_per_epoch=2, patience=0, augment=False
+        epochs=10_000, max_minutes=budget_s / 60, steps_per_epoch=2, patience=0, augment="off"
     )
     _, state = _run(tmp_path, config, _prepared(3))
     assert state.stopped == "time budget"

@@ -74,7 +74,7 @@ def _prepared(n: int, shape=(16, 16, 16)) -> list[PreparedCase]:
 @pytest.mark.parametrize("world", [2, 4])
 def test_n_processes_draw_exactly_the_batches_of_one(patch, world):
     cases = _prepared(3)
-    one = SamplerConfig(4, patch, 0.5, True, seed=3, steps_per_epoch=3)
+    one = SamplerConfig(4, patch, 0.5, "full", seed=3, steps_per_epoch=3)
     whole = list(epoch_batches(cases, 2, one, -1.0))
     shards = [
         list(epoch_batches(cases, 2, replace(one, rank=r, world_size=world), -1.0))
@@ -120,3 +120,16 @@ def test_deep_supervision_loss_weights_halve_per_level():
     torch.testing.assert_close(deep_supervision_loss(loss, outs, target), expected)
     # One output: exactly the plain loss.
     torch.testing.assert_close(deep_supervision_loss(loss, outs[:1], target), loss(outs[0], target))
+
+
+def test_full_augmentation_is_seeded_per_sample_and_keeps_labels_binary():
+    from voxseg.train.augment import augment
+
+    image, label = blob_case((16, 24, 24), seed=1)
+    image, label = image.astype(np.float32) / 100, (label > 0).astype(np.float32)
+    outs = [augment(image, label, np.random.default_rng(s), (4.0, 1.0, 1.0)) for s in (1, 1, 2)]
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])  # same seed, same sample
+    assert any(not np.array_equal(a[0], image) for a in outs)
+    for aug_image, aug_label in outs:
+        assert aug_image.shape == image.shape and aug_image.dtype == np.float32
+        assert set(np.unique(aug_label)) <= {0.0, 1.0}

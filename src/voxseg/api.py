@@ -128,7 +128,7 @@ def fit(
         config = replace(config, preprocess=base.preprocess)
     else:
         config = replace(
-            base, model=ModelConfig(name=model), train=TrainConfig(patch_size=None, augment=False)
+            base, model=ModelConfig(name=model), train=TrainConfig(patch_size=None, augment="off")
         )
     config = replace(
         config,

@@ -238,6 +238,10 @@ def train(
     precision: Annotated[
         str | None, typer.Option("--precision", help="auto, fp32, bf16, fp16.")
     ] = None,
+    augment: Annotated[
+        str | None,
+        typer.Option("--augment", help="off, light (flips, jitter) or full (nnU-Net's kind)."),
+    ] = None,
     foreground: ForegroundOpt = None,
     cache: Annotated[
         Path | None, typer.Option("--cache", help="Preprocessed-case cache folder.")
@@ -276,6 +280,7 @@ def train(
         "train.steps_per_epoch": steps_per_epoch,
         "train.seed": seed,
         "train.precision": precision,
+        "train.augment": augment,
     }
     options = TrainOptions(
         data=data,

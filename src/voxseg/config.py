@@ -118,8 +118,9 @@ class TrainConfig:
     """Training patch (canonical order); None trains on whole resampled volumes."""
     foreground_oversample: float = _checked(0.5, _probability)
     """Fraction of patches centred on a foreground voxel (nnU-Net uses 1/3)."""
-    augment: bool = True
-    """Random flips along the left-right axis and intensity jitter."""
+    augment: Literal["off", "light", "full"] = "full"
+    """'light': left-right flips and intensity jitter; 'full': nnU-Net's kind (rotation and
+    scaling, noise, blur, brightness, contrast, low resolution, gamma, mirroring)."""
     val_fraction: float = _checked(0.2, _fraction)
     val_cases: tuple[str, ...] = ()
     val_smoothing: float = _checked(0.0, _fraction)
@@ -249,18 +250,24 @@ def _upgrade(d: dict) -> dict:
     train, infer = d.get("train", {}), d.setdefault("infer", {})
     if isinstance(train, dict):
         train.pop("num_workers", None)
+        if isinstance(train.get("augment"), bool):
+            train["augment"] = "light" if train["augment"] else "off"
         if isinstance(infer, dict):
             infer.setdefault("window", train.get("patch_size"))
     d["version"] = CONFIG_VERSION
     return d
 
 
+def option_name(section: str, name: str) -> str:
+    """The `voxseg train` option that sets a field: train.batch_size -> --batch-size."""
+    return "--model" if (section, name) == ("model", "name") else "--" + name.replace("_", "-")
+
+
 def _field_error(
     source: str | None, section: str, name: str, value: Any, problem: str
 ) -> ConfigError:
     if source is None:
-        option = "model" if (section, name) == ("model", "name") else name.replace("_", "-")
-        return ConfigError(f"--{option} {value!r}: {problem}")
+        return ConfigError(f"{option_name(section, name)} {value!r}: {problem}")
     return ConfigError(f'{source}: field "{section}.{name}" = {value!r}: {problem}')
 
 

@@ -43,9 +43,14 @@ class OneLineErrors(typer.core.TyperGroup):
             sys.exit(exc.exit_code)
         except click.exceptions.ClickException as exc:
             ctx = getattr(exc, "ctx", None)
-            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            command = ctx.command_path if ctx is not None else "voxseg"
             message = " ".join(exc.format_message().split())
-            err_console.print(f"error: {message}{hint}", highlight=False, markup=False)
+            err_console.print(
+                f"error: {message} (see `{command} --help`)",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
             err_console.print("aborted")

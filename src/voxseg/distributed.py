@@ -82,13 +82,6 @@ def all_sum(ctx: DistContext, values: np.ndarray) -> np.ndarray:
     return t.cpu().numpy()
 
 
-def any_rank(ctx: DistContext, flag: bool) -> bool:
-    """True on every rank when it is true on any: stop decisions must agree or DDP hangs."""
-    if not ctx.active:
-        return flag
-    return bool(all_sum(ctx, np.array([float(flag)]))[0] > 0)
-
-
 def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     if not ctx.active:
         return model

@@ -9,14 +9,15 @@ import torch
 from torch import nn
 
 from voxseg.geometry import Shape3
+from voxseg.models.shape import Divisor, per_axis
 from voxseg.runtime import autocast
 
 
 def _pad_to_multiple(
-    x: torch.Tensor, divisor: int, value: float
+    x: torch.Tensor, divisor: Divisor, value: float
 ) -> tuple[torch.Tensor, tuple[int, ...]]:
     shape = x.shape[-3:]
-    target = [-(-s // divisor) * divisor for s in shape]
+    target = [-(-s // k) * k for s, k in zip(shape, per_axis(divisor), strict=True)]
     pad = []
     for s, t in zip(reversed(shape), reversed(target), strict=True):
         pad += [0, t - s]
@@ -51,7 +52,7 @@ def predict_probabilities(
     x = torch.from_numpy(np.array(net_input, dtype=np.float32))[None, None].to(
         device
     )  # copy: memmaps are read-only
-    divisor = int(getattr(model, "divisor", 1))
+    divisor = getattr(model, "divisor", 1)
 
     def logits(t: torch.Tensor) -> torch.Tensor:
         with autocast(device, amp):

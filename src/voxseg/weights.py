@@ -7,14 +7,16 @@ instead of silently used; the previous copy of a file is kept beside it until th
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import struct
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from voxseg.atomic import atomic_path
+from voxseg.atomic import atomic_path, likely_short_write, write_error
 from voxseg.errors import ConfigError
 
 
@@ -42,12 +44,44 @@ def sha256(path: Path) -> str:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
-    """Atomic safetensors write; returns the file's SHA-256."""
+    """Atomic safetensors write; returns the file's SHA-256.
+
+    A failed write (full disk, a file-size limit) raises one VoxsegError naming `path`.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        except SafetensorError as exc:
+            raise write_error(path, _safetensors_cause(exc)) from exc
+        _check_complete(tmp, path)
     return sha256(path)
+
+
+def _safetensors_cause(exc: Exception) -> str:
+    """The OS message inside safetensors' Rust error text (`... message: "No space left ..."`)."""
+    found = re.search(r'message: "([^"]+)"', str(exc))
+    return found.group(1) if found else str(exc).splitlines()[0]
+
+
+def _check_complete(tmp: Path, path: Path) -> None:
+    """The file holds exactly its header and every tensor's bytes: the SHA-256 recorded next
+    would otherwise vouch for a cut-off file."""
+    size = tmp.stat().st_size
+    with open(tmp, "rb") as fh:
+        head = fh.read(8)
+        (length,) = struct.unpack("<Q", head) if len(head) == 8 else (size,)
+        try:
+            header = json.loads(fh.read(length))
+        except (ValueError, MemoryError):
+            header = None
+    if not isinstance(header, dict):
+        raise write_error(path, likely_short_write(tmp.parent))
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    if size != 8 + length + max(ends, default=0):
+        raise write_error(path, likely_short_write(tmp.parent))
 
 
 def load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from voxseg.atomic import atomic_path
-from voxseg.data.nifti import check_nifti
+from voxseg.atomic import atomic_files, atomic_path, likely_short_write, write_error
+from voxseg.data.nifti import check_nifti, is_nifti2
 from voxseg.errors import InputError, OutputExistsError, VoxsegError
 from voxseg.geometry import Geometry
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+TWO_FILE_SUFFIXES = (".nhdr", ".mhd")
+"""A header that names a separate data file (`m.mhd` + `m.zraw`, `m.nhdr` + `m.raw.gz`)."""
+_SLICE_TOL = 0.05  # a DICOM slice may sit this fraction of a slice gap off the regular grid
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ def show_library_warnings(show: bool) -> None:
     what matters itself, so they are shown only when asked (`voxseg --debug`)."""
     import SimpleITK as sitk
 
+    # GDCM's own warnings (scanning subfolders, files that are not DICOM) obey this switch
+    # too: tests/test_geometry_integrity.py checks a folder scan prints none.
     sitk.ProcessObject.SetGlobalWarningDisplay(show)
 
 
@@ -77,6 +82,7 @@ def _check_readable(path: Path) -> None:
 
 
 def _dicom_files(path: Path) -> list[str]:
+    """The series' files in slice order, refused unless the slices are evenly spaced."""
     import SimpleITK as sitk
 
     ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
@@ -86,7 +92,66 @@ def _dicom_files(path: Path) -> list[str]:
         raise InputError(
             f"{path}: folder holds {len(ids)} DICOM series; put each series in its own folder"
         )
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), ids[0]))
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), ids[0]))
+    positions = _slice_positions(files)
+    if positions is not None:
+        _check_slice_gaps(path, files, *positions)
+    return files
+
+
+def _slice_positions(files: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each file's ImagePositionPatient and its distance along the slice normal (mm); None
+    when a file lacks the position or orientation tags (nothing to check then)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    points, normal = [], None
+    for name in files:
+        reader.SetFileName(name)
+        reader.ReadImageInformation()
+        if not (reader.HasMetaDataKey("0020|0032") and reader.HasMetaDataKey("0020|0037")):
+            return None
+        point = _numbers(reader.GetMetaData("0020|0032"), 3)
+        axes = _numbers(reader.GetMetaData("0020|0037"), 6)
+        if point is None or axes is None:
+            return None
+        normal = np.cross(axes[:3], axes[3:]) if normal is None else normal
+        points.append(point)
+    points = np.asarray(points)
+    return points, points @ normal
+
+
+def _numbers(value: str, count: int) -> np.ndarray | None:
+    try:
+        numbers = np.array([float(v) for v in value.strip().split("\\")])
+    except ValueError:
+        return None
+    return numbers if numbers.size == count and np.isfinite(numbers).all() else None
+
+
+def _check_slice_gaps(path: Path, files: list[str], points: np.ndarray, along: np.ndarray) -> None:
+    """ITK stacks the slices on a regular grid (the average gap), so a missing or misplaced
+    slice would silently shift every slice after it."""
+    if len(files) < 3:
+        return
+    gaps = np.diff(along) * (1.0 if along[-1] >= along[0] else -1.0)
+    step = float(np.median(gaps))
+    wide = np.flatnonzero(gaps > 1.5 * step) if step > 0 else []
+    if len(wide):
+        i = int(wide[0])
+        missing = points[i] + (points[i + 1] - points[i]) * step / gaps[i]
+        raise InputError(
+            f"{path}: slice missing at ({', '.join(f'{v:.2f}' for v in missing)}) mm, between "
+            f"{Path(files[i]).name} and {Path(files[i + 1]).name} ({gaps[i]:.3g} mm apart, the "
+            f"others {step:.3g} mm); add the missing file or re-export the series"
+        )
+    regular = along[0] + np.arange(len(along)) * (along[-1] - along[0]) / (len(along) - 1)
+    if not step > 0 or np.abs(along - regular).max() > _SLICE_TOL * step:
+        raise InputError(
+            f"{path}: DICOM slices are unevenly spaced (gaps from {gaps.min():.3g} to "
+            f"{gaps.max():.3g} mm) and would be misplaced on a regular grid; check the folder "
+            "holds one complete scan, or resample it"
+        )
 
 
 def _geometry(img) -> Geometry:
@@ -129,6 +194,7 @@ def read_info(path: str | Path) -> ImageInfo:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
+        _refuse_nifti2(path)
         raise InputError(
             f"{path}: cannot read image header ({_reason(exc)}); "
             "check it is a complete NIfTI/NRRD/MHA file or re-download it"
@@ -146,6 +212,15 @@ def read_info(path: str | Path) -> ImageInfo:
         check_nifti(path, finite=False)  # cheap: header and gzip trailer only
     dtype = sitk.GetPixelIDValueAsString(reader.GetPixelID())
     return ImageInfo(path, geometry, _DTYPES.get(dtype, dtype))
+
+
+def _refuse_nifti2(path: Path) -> None:
+    """This build of ITK has no NIfTI-2 reader; say so instead of 'cannot read'."""
+    if path.is_file() and is_nifti2(path):
+        raise InputError(
+            f"{path}: is NIfTI-2, which voxseg's image library (ITK) cannot read; convert it to "
+            "NIfTI-1 (nibabel: nib.save(nib.Nifti1Image.from_image(nib.load(src)), dst))"
+        )
 
 
 def _direction3(direction: tuple[float, ...]) -> tuple[float, ...]:
@@ -183,6 +258,7 @@ def _read(path: Path):
         else:
             img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
+        _refuse_nifti2(path)
         raise InputError(
             f"{path}: cannot read image ({_reason(exc)}); "
             "check it is a complete NIfTI/NRRD/MHA file or DICOM series, or re-download it"
@@ -228,29 +304,72 @@ def write_image(
     overwrite: bool = False,
     compress: bool = True,
 ) -> Path:
-    """Write `array` on `geometry` atomically (temporary file, fsync, rename)."""
-    import SimpleITK as sitk
+    """Write `array` on `geometry` atomically (temporary file, fsync, rename).
 
+    What was written is read back before it takes its name; a failure (full disk, a size
+    limit) raises one VoxsegError naming `path` and leaves nothing behind.
+    """
     path = Path(path)
     check_output(path, overwrite)
     if tuple(array.shape) != tuple(geometry.shape):
         raise VoxsegError(
             f"{path}: array shape {array.shape} does not match geometry {geometry.shape}"
         )
+    img = _itk_image(array, geometry)
+    suffix = next((s for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
+    if suffix in TWO_FILE_SUFFIXES:
+        with atomic_files(path) as folder:
+            _write_checked(img, folder / path.name, path, geometry, compress)
+            _check_companions(folder, path, overwrite)
+    else:
+        with atomic_path(path, suffix=suffix) as tmp:  # the suffix picks SimpleITK's writer
+            _write_checked(img, tmp, path, geometry, compress)
+    return path
+
+
+def _itk_image(array: np.ndarray, geometry: Geometry):
+    import SimpleITK as sitk
+
     img = sitk.GetImageFromArray(np.ascontiguousarray(array))
     img.SetSpacing([float(s) for s in geometry.spacing[::-1]])
     img.SetOrigin([float(o) for o in geometry.origin])
     img.SetDirection([float(d) for d in geometry.direction])
-    suffix = next((s for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
+    return img
+
+
+def _write_checked(img, tmp: Path, path: Path, geometry: Geometry, compress: bool) -> None:
+    """Write to `tmp` and read it back: ITK does not always raise when a write fails (a full
+    disk can leave an empty or cut-off file that would look finished). Errors name `path`."""
+    import SimpleITK as sitk
+
     try:
-        with atomic_path(path, suffix=suffix) as tmp:  # the suffix picks SimpleITK's writer
-            sitk.WriteImage(img, str(tmp), useCompression=compress)
-    except (RuntimeError, OSError) as exc:
+        sitk.WriteImage(img, str(tmp), useCompression=compress)
+    except RuntimeError as exc:
+        raise write_error(path, _reason(exc)) from exc
+    try:
+        if tmp.name.lower().endswith((".nii", ".nii.gz")):
+            written = read_info(tmp).geometry  # header, and every byte counted (nifti.py)
+        else:
+            written = _geometry(_read(tmp))  # the data file(s) too, decoded to the end
+    except InputError as exc:
+        detail = str(exc).removeprefix(f"{tmp}: ").split(";")[0]
+        raise write_error(path, f"{likely_short_write(tmp.parent)} - {detail}") from exc
+    if not written.same_grid(geometry):
         raise VoxsegError(
-            f"{path}: cannot write ({_reason(exc)}); check free space and permissions of the "
-            "output folder"
-        ) from exc
-    return path
+            f"{path}: the file written reads back on another grid (spacing {written.spacing}, "
+            f"origin {written.origin}) than the one given; write another format (e.g. .nrrd)"
+        )
+
+
+def _check_companions(folder: Path, path: Path, overwrite: bool) -> None:
+    """A header's data file takes a name of its own beside `path`: never over a user's file."""
+    for part in folder.iterdir():
+        target = path.parent / part.name
+        if part.name != path.name and target.exists() and not overwrite:
+            raise OutputExistsError(
+                f"{target}: already exists (the data file of {path.name}); "
+                "pass --overwrite to replace it"
+            )
 
 
 def write_mask(

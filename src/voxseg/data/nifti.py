@@ -13,6 +13,7 @@ size, and only modulo 2**32.
 from __future__ import annotations
 
 import functools
+import gzip
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
@@ -27,9 +28,32 @@ from voxseg.errors import InputError
 
 _FLOAT_TYPES = {16: "f4", 64: "f8"}
 _HEADER = 348  # NIfTI-1 header size
+_HEADER2 = 540  # NIfTI-2 header size (ITK has no NIfTI-2 reader: only recognised)
+_NIFTI_MAGIC = (b"n+1\0", b"ni1\0")
+_ORIGIN_TOL = 1e-3  # mm between the qform's and the sform's origin
+_MATRIX_TOL = 1e-4  # between their 3x3 parts (mm per voxel), and for axes being perpendicular
+_SPACING_RTOL = 1e-4  # the sform's voxel size against pixdim
 _GZIP_MAGIC = b"\x1f\x8b"
 _IN_CHUNK = 1 << 18  # compressed bytes read at a time
 _CHUNK = 1 << 22  # at most this many bytes decompressed (or read) at a time
+
+
+@dataclass(frozen=True)
+class _Header:
+    """The fields of a NIfTI-1 header that voxseg checks."""
+
+    dims: tuple[int, ...]  # dim[1..ndim]
+    datatype: int
+    bitpix: int
+    vox_offset: int
+    pixdim: tuple[float, ...]  # pixdim[0..7]; pixdim[0] is the qform's handedness (qfac)
+    qform_code: int
+    sform_code: int
+    quatern: tuple[float, float, float]  # b, c, d
+    qoffset: tuple[float, float, float]
+    srow: tuple[float, ...]  # srow_x, srow_y, srow_z: 12 values
+    endian: str
+    nifti: bool  # the magic says NIfTI (not ANALYZE), so the q/sform fields mean what they say
 
 
 @dataclass(frozen=True)
@@ -39,6 +63,7 @@ class _Layout:
     start: int  # first voxel byte
     expected: int  # bytes the (decompressed) file must hold
     dtype: np.dtype | None  # float voxel type, checked for NaN/inf; None otherwise
+    header: _Header
 
 
 def check_nifti(path: Path, *, finite: bool = True) -> None:
@@ -47,7 +72,7 @@ def check_nifti(path: Path, *, finite: bool = True) -> None:
     A gzip file is always decompressed once, to its end (a cut-off or corrupt stream is
     refused; CRCs are checked); plain files need a pass only for the NaN check. The result is
     cached per unchanged file, so read_info then read_image pay for one pass. NIfTI-1 only for
-    the size and NaN checks; the gzip check applies to any file.
+    the size, NaN and geometry checks; the gzip check applies to any file.
     """
     compressed = _is_gzip(path)
     layout, total, nonfinite = _scan(path, _stamp(path), compressed, finite or compressed)
@@ -63,6 +88,24 @@ def check_nifti(path: Path, *, finite: bool = True) -> None:
             f"{path}: {nonfinite} voxels are NaN or infinite; fix or re-export the scan "
             "(e.g. replace them with the background value)"
         )
+    problem = _geometry_problem(layout.header)
+    if problem:
+        raise InputError(f"{path}: {problem}")
+
+
+def is_nifti2(path: Path) -> bool:
+    """True for a NIfTI-2 file (sizeof_hdr 540, either byte order), compressed or not."""
+    try:
+        opener = gzip.open if _is_gzip(path) else open
+        with opener(path, "rb") as fh:
+            head = fh.read(4)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return any(_sizeof_hdr(head, e) == _HEADER2 for e in "<>")
+
+
+def _sizeof_hdr(raw: bytes, endian: str) -> int:
+    return struct.unpack(f"{endian}i", raw[:4])[0] if len(raw) >= 4 else 0
 
 
 def _is_gzip(path: Path) -> bool:
@@ -130,31 +173,120 @@ def _inflate(fh: BinaryIO, path: Path) -> Iterator[bytes]:
         ) from exc
 
 
-def _layout(path: Path, header: bytes) -> _Layout | None:
+def _layout(path: Path, raw: bytes) -> _Layout | None:
     """The voxel data's place, size and float type from a NIfTI-1 header; None if not one."""
-    if len(header) < _HEADER:
+    header = _parse(raw)
+    if header is None:
         return None
-    for endian in "<>":
-        if struct.unpack(f"{endian}i", header[:4])[0] == _HEADER:
-            break
-    else:
-        return None
-    dims = struct.unpack(f"{endian}8h", header[40:56])
-    datatype, bitpix = struct.unpack(f"{endian}2h", header[70:74])
-    vox_offset = int(struct.unpack(f"{endian}f", header[108:112])[0])
-    ndim = max(0, min(dims[0], 7))
-    if any(d <= 0 for d in dims[1 : ndim + 1]):
+    if any(d <= 0 for d in header.dims):
         raise InputError(
-            f"{path}: header has a zero-length axis {dims[1 : ndim + 1]}; the image is empty, "
-            "re-export it"
+            f"{path}: header has a zero-length axis {header.dims}; the image is empty, re-export it"
         )
-    n_voxels = int(np.prod(dims[1 : ndim + 1], dtype=np.int64))
-    float_type = _FLOAT_TYPES.get(datatype)
+    n_voxels = int(np.prod(header.dims, dtype=np.int64))
+    float_type = _FLOAT_TYPES.get(header.datatype)
     return _Layout(
-        start=max(vox_offset, _HEADER),
-        expected=vox_offset + n_voxels * bitpix // 8,
-        dtype=np.dtype(endian + float_type) if float_type else None,
+        start=max(header.vox_offset, _HEADER),
+        expected=header.vox_offset + n_voxels * header.bitpix // 8,
+        dtype=np.dtype(header.endian + float_type) if float_type else None,
+        header=header,
     )
+
+
+def _parse(raw: bytes) -> _Header | None:
+    """A NIfTI-1 header in either byte order (told by sizeof_hdr); None if not one."""
+    e = next((e for e in "<>" if _sizeof_hdr(raw, e) == _HEADER), None)
+    if e is None or len(raw) < _HEADER:
+        return None
+    dims = struct.unpack(f"{e}8h", raw[40:56])
+    return _Header(
+        dims=dims[1 : max(0, min(dims[0], 7)) + 1],
+        datatype=struct.unpack(f"{e}h", raw[70:72])[0],
+        bitpix=struct.unpack(f"{e}h", raw[72:74])[0],
+        vox_offset=int(struct.unpack(f"{e}f", raw[108:112])[0]),
+        pixdim=struct.unpack(f"{e}8f", raw[76:108]),
+        qform_code=struct.unpack(f"{e}h", raw[252:254])[0],
+        sform_code=struct.unpack(f"{e}h", raw[254:256])[0],
+        quatern=struct.unpack(f"{e}3f", raw[256:268]),
+        qoffset=struct.unpack(f"{e}3f", raw[268:280]),
+        srow=struct.unpack(f"{e}12f", raw[280:328]),
+        endian=e,
+        nifti=raw[344:348] in _NIFTI_MAGIC,
+    )
+
+
+def _geometry_problem(h: _Header) -> str | None:
+    """Why ITK would read this header's geometry differently from other tools; None if it
+    would not. Only the three spatial axes of a (3+)D image count."""
+    if not h.nifti or len(h.dims) < 3:
+        return None  # ANALYZE or 2D: refused elsewhere, or nothing to compare
+    zooms = np.asarray(h.pixdim[1:4], dtype=np.float64)
+    if not np.all(zooms > 0):  # NaN included
+        return (
+            f"header voxel size (pixdim) is {_mm(zooms)}, not positive; fix pixdim[1..3] "
+            "in the header or re-export the scan"
+        )
+    if h.sform_code > 0:
+        sform = np.asarray(h.srow, dtype=np.float64).reshape(3, 4)
+        problem = _sform_problem(sform[:, :3], zooms)
+        if problem:
+            return problem
+        if h.qform_code > 0:
+            return _affines_problem(_qform(h), sform)
+    return None
+
+
+def _sform_problem(matrix: np.ndarray, zooms: np.ndarray) -> str | None:
+    norms = np.linalg.norm(matrix, axis=0)
+    if not np.allclose(norms, zooms, rtol=_SPACING_RTOL, atol=0):
+        return (
+            f"the sform's voxel size {_mm(norms)} disagrees with pixdim {_mm(zooms)}, so tools "
+            "would size the image differently; re-save it with one of them fixed "
+            "(nibabel: img.header.set_zooms or img.set_sform)"
+        )
+    axes = matrix / norms
+    if np.abs(axes.T @ axes - np.eye(3)).max() > _MATRIX_TOL:
+        return (
+            "the sform's axes are not perpendicular (a sheared grid), which ITK cannot "
+            "represent; resample the scan onto a rectangular grid"
+        )
+    return None
+
+
+def _affines_problem(qform: np.ndarray, sform: np.ndarray) -> str | None:
+    shift = float(np.linalg.norm(qform[:, 3] - sform[:, 3]))
+    turn = float(np.abs(qform[:, :3] - sform[:, :3]).max())
+    if shift <= _ORIGIN_TOL and turn <= _MATRIX_TOL:
+        return None
+    return (
+        f"the header's sform and qform disagree (origins {shift:.3g} mm apart, axes differ by "
+        f"up to {turn:.3g}), so tools would place the image differently; keep one: set the "
+        "other's code to 0 or make them equal (nibabel: img.set_qform(img.get_sform()))"
+    )
+
+
+def _qform(h: _Header) -> np.ndarray:
+    """The qform as a 3x4 matrix, computed the way nifti1_io (which ITK uses) does."""
+    b, c, d = (float(v) for v in h.quatern)
+    a = 1.0 - (b * b + c * c + d * d)
+    if a < 1e-7:  # a 180 degree turn: the quaternion is renormalised with a = 0
+        norm = np.sqrt(b * b + c * c + d * d)
+        a, b, c, d = 0.0, b / norm, c / norm, d / norm
+    else:
+        a = np.sqrt(a)
+    rotation = np.array(
+        [
+            [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+            [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+            [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b],
+        ]
+    )
+    qfac = -1.0 if h.pixdim[0] < 0 else 1.0
+    zooms = np.array([h.pixdim[1], h.pixdim[2], h.pixdim[3] * qfac], dtype=np.float64)
+    return np.column_stack([rotation * zooms, np.asarray(h.qoffset, dtype=np.float64)])
+
+
+def _mm(values: np.ndarray) -> str:
+    return " x ".join(f"{v:.6g}" for v in values) + " mm"
 
 
 def _count(chunks: Iterable[bytes], layout: _Layout | None) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from torch import nn
 
 from voxseg.atomic import remove_stale_parts
 from voxseg.config import RunConfig, TrainConfig
-from voxseg.distributed import DistContext, any_rank, barrier
+from voxseg.distributed import DistContext, all_sum, barrier
 from voxseg.errors import VoxsegError
 from voxseg.losses import build_loss, deep_supervision_loss
 from voxseg.prepared import PreparedCase
@@ -218,42 +218,50 @@ def train(
     bad_steps = 0
     model.train()
 
-    def progress(step: int, n_steps: int) -> float:
-        """Share of training done: of the epochs, or of the time when that is further along."""
-        done = (state.epoch + step / n_steps) / tc.epochs
-        return max(done, clock.training_share()) if timed else done
+    def checkpoint() -> tuple[str, float]:
+        """Before every step: the stop decision and the elapsed share of the time budget.
 
-    def stop_reason() -> str:
-        """Checked before every step; every rank must agree or DDP would hang."""
+        Every rank must take the same decision (or DDP hangs) and use the same learning rate
+        (or the replicas drift apart): flags are OR-ed and the share is rank 0's reading.
+        """
         late = clock.late()
         if hooks.should_stop:
             late = hooks.should_stop(late)
         halted = hooks.interrupt is not None and hooks.interrupt.is_set()
+        share = clock.training_share() if timed else 0.0
         if dist.active:
-            late, halted = any_rank(dist, late), any_rank(dist, halted)
-        return INTERRUPTED if halted else TIME_BUDGET if late else ""
+            mine = [float(late), float(halted), share if dist.is_main else 0.0]
+            late, halted, share = all_sum(dist, np.array(mine))
+        return (INTERRUPTED if halted else TIME_BUDGET if late else ""), float(share)
+
+    def progress(step: int, n_steps: int, share: float) -> float:
+        """Share of training done: of the epochs, or of the time when that is further along."""
+        return max((state.epoch + step / n_steps) / tc.epochs, share)
 
     while state.epoch < tc.epochs and not state.stopped:
         epoch = state.epoch + 1
         t0 = time.monotonic()
         if not state.epoch_step:
             state.epoch_steps = epoch_length(tc, clock, planned)
+            if dist.active:  # rank 0's clock decides, so every rank runs the same steps
+                mine = state.epoch_steps if dist.is_main else 0
+                state.epoch_steps = int(all_sum(dist, np.array([float(mine)]))[0])
         n_steps = state.epoch_steps or planned
         losses = list(state.epoch_losses)
-        lr = lr_at(progress(state.epoch_step, n_steps), tc.lr, tc.schedule)
+        lr = lr_at(progress(state.epoch_step, n_steps, 0.0), tc.lr, tc.schedule)
         step_s = data_s = 0.0
         batches = epoch_batches(
             train_cases, epoch, sampler, pad, start=state.epoch_step, steps=n_steps
         )
         for i in range(state.epoch_step, n_steps):
-            state.stopped = stop_reason()
+            state.stopped, share = checkpoint()
             if state.stopped:
                 state.epoch_step, state.epoch_losses = i, losses
                 break
             ts = time.monotonic()
             batch = next(batches)
             tb = time.monotonic()
-            lr = lr_at(progress(i, n_steps), tc.lr, tc.schedule)
+            lr = lr_at(progress(i, n_steps, share), tc.lr, tc.schedule)
             value = train_step(model, optimizer, loss_fn, batch, device, amp, lr, scaler)
             state.step += 1
             bad_steps = 0 if math.isfinite(value) else bad_steps + 1

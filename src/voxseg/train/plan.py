@@ -23,6 +23,7 @@ import numpy as np
 
 from voxseg.config import SEED_SHAPE, ModelConfig, RunConfig, TrainConfig
 from voxseg.models import size_divisor
+from voxseg.models.shape import Divisor, per_axis
 from voxseg.train.fingerprint import Fingerprint
 
 DeviceClass = Literal["cpu", "gpu"]
@@ -51,6 +52,7 @@ MAX_COARSENING = 2.0
 """Never plan a grid coarser than this times the median spacing: kidneys would lose their shape."""
 BODY_SHARE = 0.85
 """Share of each axis left after cropping to the body (air around the patient is cut)."""
+UNET_DEPTH = 4
 DEFAULT_MINUTES = 60.0
 """Budget the epoch count is sized for when no --max-minutes is given."""
 VAL_SHARE_INV = 6.0
@@ -73,15 +75,16 @@ class Plan:
     notes: tuple[str, ...]
 
 
-def patch_for(median_shape, voxels: float, divisor: int) -> tuple[int, int, int]:
+def patch_for(median_shape, voxels: float, divisor: Divisor) -> tuple[int, int, int]:
     """The median case shrunk evenly (same aspect, in voxels) to about `voxels`, in multiples
-    of `divisor`, never below MIN_PATCH nor above MAX_PATCH or the median case itself."""
+    of `divisor` (per axis), never below MIN_PATCH (or twice the divisor) nor above MAX_PATCH
+    or the median case itself."""
     median = np.asarray(median_shape, dtype=float)
     scale = min(1.0, (voxels / float(np.prod(median))) ** (1 / 3))
     patch = []
-    for m, cap in zip(median * scale, MAX_PATCH, strict=True):
-        side = int(round(m / divisor)) * divisor
-        patch.append(int(min(max(side, MIN_PATCH, divisor), cap)))
+    for m, cap, d in zip(median * scale, MAX_PATCH, per_axis(divisor), strict=True):
+        side = int(round(m / d)) * d
+        patch.append(int(min(max(side, min(MIN_PATCH, 4 * d), 2 * d), cap)))
     return tuple(patch)
 
 
@@ -101,11 +104,34 @@ def plan_spacing(
     return spacing, False
 
 
-def planned_model(model: ModelConfig, device_class: DeviceClass) -> ModelConfig:
-    """The U-Net's width by device class, unless the user chose its options."""
-    if model.name == "unet" and not model.options:
-        return replace(model, options={"base_channels": DEVICE_BUDGETS[device_class].base_channels})
-    return model
+def unet_topology(spacing, depth: int = UNET_DEPTH) -> tuple[list[list[int]], list[list[int]]]:
+    """nnU-Net's rule for thick slices: an axis more than twice as coarse as the finest one
+    gets kernel 1 and stride 1 at that level (no mixing across slices yet), until pooling the
+    fine axes has caught up with it. Returns (strides per level, kernels per level + 1)."""
+    current = [float(s) for s in spacing]
+    strides, kernels = [], []
+    for level in range(depth + 1):
+        fine = min(current)
+        kernels.append([3 if c < 2 * fine else 1 for c in current])
+        if level < depth:
+            stride = [2 if c < 2 * fine else 1 for c in current]
+            strides.append(stride)
+            current = [c * s for c, s in zip(current, stride, strict=True)]
+    return strides, kernels
+
+
+def planned_model(
+    model: ModelConfig, device_class: DeviceClass, spacing=(1.0, 1.0, 1.0)
+) -> ModelConfig:
+    """The U-Net's width by device class and its topology by spacing, unless the user chose
+    its options."""
+    if model.name != "unet" or model.options:
+        return model
+    options = {"base_channels": DEVICE_BUDGETS[device_class].base_channels}
+    strides, kernels = unet_topology(spacing)
+    if any(s != [2, 2, 2] for s in strides):  # anisotropic: spell the topology out
+        options |= {"strides": strides, "kernels": kernels}
+    return replace(model, options=options)
 
 
 def plan_default(
@@ -136,12 +162,11 @@ def plan_default(
     else:
         notes.append("no foreground found in the sampled cases: default kidney HU window kept")
 
-    model = planned_model(base.model, device_class)
-
     spacing, limited = plan_spacing(median_spacing, extent_mm, budget.case_voxels)
     if limited:
         notes.append("the data is large for this device: spacing coarsened to the limit")
     spacing = tuple(round(float(s), 3) for s in spacing)
+    model = planned_model(base.model, device_class, spacing)
     median_shape = tuple(int(round(e / s)) for e, s in zip(extent_mm, spacing, strict=True))
     divisor = size_divisor(model.name, **model.options)
     patch = patch_for(median_shape, budget.patch_voxels, divisor)
@@ -209,7 +234,7 @@ def seed_preset(base: RunConfig | None = None) -> RunConfig:
             schedule="constant",
             loss="bce",
             patch_size=None,
-            augment=False,
+            augment="off",
             patience=3,
             foreground_oversample=0.0,
             val_fraction=base.train.val_fraction,

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from voxseg.config import SEED_SHAPE, RunConfig
+from voxseg.config import SEED_SHAPE, RunConfig, option_name
 from voxseg.data.discovery import Case, discover, require_labelled, split_cases
 from voxseg.data.guards import memory_limit
 from voxseg.distributed import DistContext, barrier, init_from_env, shutdown, wrap
@@ -139,7 +139,7 @@ def check_resume(o: TrainOptions, run: RunFolder, cases: Sequence[Case]) -> dict
             continue
         if key not in RESUMABLE:
             raise ConfigError(
-                f"--{name.replace('_', '-')} {value!r}: a resumed run keeps its settings "
+                f"{option_name(section, name)} {value!r}: a resumed run keeps its settings "
                 f"({run.config_path} has {current!r}); drop the option, or start afresh "
                 "with --overwrite"
             )

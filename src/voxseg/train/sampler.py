@@ -14,6 +14,7 @@ import numpy as np
 from voxseg.errors import ConfigError
 from voxseg.geometry import Shape3
 from voxseg.prepared import PreparedCase
+from voxseg.train.augment import augment
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class SamplerConfig:
     """Global batch: split over `world_size` processes."""
     patch_size: Shape3 | None
     foreground_oversample: float
-    augment: bool
+    augment: str
+    """'off', 'light' or 'full' (see TrainConfig.augment)."""
     seed: int
     steps_per_epoch: int | None = None
     rank: int = 0
@@ -73,7 +75,7 @@ def _centre(
     return rng.integers(lo, hi)
 
 
-def _augment(
+def _light(
     image: np.ndarray, label: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Left-right flip (kidneys come in pairs) and a mild intensity jitter."""
@@ -130,8 +132,10 @@ def epoch_batches(
                 image, label = crop_patch(
                     case, _centre(case, rng, cfg.patch_size, fg), cfg.patch_size, pad_value
                 )
-            if cfg.augment:
-                image, label = _augment(image, label, rng)
+            if cfg.augment == "light":
+                image, label = _light(image, label, rng)
+            elif cfg.augment == "full":
+                image, label = augment(image, label, rng, case.record.spacing)
             images.append(image)
             labels.append(label)
         yield Batch(np.stack(images)[:, None].copy(), np.stack(labels)[:, None].copy())
