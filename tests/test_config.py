@@ -107,3 +107,19 @@ def test_train_checks_numbers_before_any_work(tmp_path: Path, kits_tiny: Path, a
     result = invoke("train", "--data", kits_tiny, "--out", out, *args, "--cache", tmp_path / "c")
     assert_user_error(result, args[0])
     assert not (tmp_path / "c").exists() and not out.exists()  # nothing prepared or written
+
+
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [("cuda:7", "CUDA"), ("mps", "MPS"), ("tpu", "--device"), ("x!", "--device")],
+)
+def test_an_unusable_device_is_one_line(name, needle):
+    import torch
+
+    from voxseg.runtime import resolve_device
+
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match=needle) as err:
+        resolve_device(name)
+    assert "\n" not in str(err.value)

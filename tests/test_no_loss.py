@@ -281,3 +281,82 @@ def test_masks_and_weights_get_the_usual_mode(tmp_path: Path, run: Path):
     expected = 0o666 & ~umask
     for path in (mask, run / "model.safetensors", run / "last.safetensors", run / "config.json"):
         assert stat.S_IMODE(path.stat().st_mode) == expected, path
+
+
+# ---- 3. a damaged file is never read as data ---------------------------------------------------
+
+
+def _cut(path: Path, fraction: float) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.9, 0.99])
+@pytest.mark.parametrize("command", ["predict", "train", "evaluate"])
+def test_a_truncated_file_is_refused_everywhere(tmp_path: Path, run: Path, command, fraction):
+    data = tmp_path / "kits"
+    for i in range(3):
+        image, label = blob_case(seed=i)
+        write_case(data / f"case_{i:05d}", image, label, geometry_for(image.shape))
+    if command == "predict":
+        bad = data / "case_00001" / "imaging.nii.gz"
+        _cut(bad, fraction)
+        result = invoke("predict", "--model", run, "--input", data, "--output", tmp_path / "o")
+    elif command == "train":
+        bad = data / "case_00001" / "segmentation.nii.gz"
+        _cut(bad, fraction)
+        result = invoke("train", "--data", data, "--out", tmp_path / "r", *SEED_16)
+    else:
+        pred = tmp_path / "pred"
+        assert invoke("predict", "--model", run, "--input", data, "--output", pred).exit_code == 0
+        bad = pred / "case_00001.nii.gz"
+        _cut(bad, fraction)
+        result = invoke("evaluate", "--pred", pred, "--gt", data)
+    assert_user_error(result, str(bad))
+
+
+def test_a_half_written_mask_is_redone_on_a_rerun(tmp_path: Path, run: Path):
+    data = run.parent / "kits"
+    out = tmp_path / "o"
+    assert invoke("predict", "--model", run, "--input", data, "--output", out).exit_code == 0
+    whole, _ = read_image(out / "case_00001.nii.gz")
+    _cut(out / "case_00001.nii.gz", 0.9)
+    result = invoke("predict", "--model", run, "--input", data, "--output", out)
+    assert result.exit_code == 0 and "2 outputs already existed" in result.stderr
+    np.testing.assert_array_equal(read_image(out / "case_00001.nii.gz")[0], whole)
+
+
+def test_the_run_carries_a_model_card(run: Path):
+    import torch
+
+    import voxseg
+
+    card = json.loads((run / "config.json").read_text(encoding="utf-8"))["card"]
+    assert card["train_cases"] + card["val_cases"] == 3 and card["target"]
+    assert (
+        card["voxseg_version"] == voxseg.__version__ and card["torch_version"] == torch.__version__
+    )
+    assert card["command"].startswith("voxseg") and card["median_spacing"]
+    shown = " ".join(invoke("info", run).output.split())
+    assert "train cases" in shown and "torch version" in shown
+    assert json.loads(invoke("info", run, "--json").stdout)["model_card"] == card
+
+
+def test_safetensors_starting_with_0x80_is_not_a_pickle(tmp_path: Path):
+    """About 1 in 32 safetensors files has a header length whose first byte is 0x80."""
+    import pickle
+
+    import torch
+
+    from voxseg.weights import is_pickle, load_tensors, save_tensors
+
+    for n in range(1, 400):
+        path = tmp_path / "w.safetensors"
+        save_tensors(path, {"x" * n: torch.zeros(1)})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no header length starting with 0x80 found")
+    assert list(load_tensors(path)) == ["x" * n]
+    assert is_pickle(pickle.dumps({"a": 1}, protocol=4))
+    assert is_pickle(b"PK\x03\x04" + b"\0" * 8)

@@ -47,8 +47,9 @@ def test_seed_preset_is_the_keras_recipe():
 
 
 def test_plan_is_exact_and_ignores_a_noisy_throughput():
-    quiet = plan_default(KITS_LIKE, voxels_per_second=1.5e6, max_minutes=10, device_class="cpu")
-    busy = plan_default(KITS_LIKE, voxels_per_second=0.2e6, max_minutes=10, device_class="cpu")
+    kw = {"max_minutes": 10, "device_class": "cpu", "anisotropic": True}
+    quiet = plan_default(KITS_LIKE, voxels_per_second=1.5e6, **kw)
+    busy = plan_default(KITS_LIKE, voxels_per_second=0.2e6, **kw)
     c = quiet.config
     assert c.preprocess.spacing == (4.5, 1.6, 1.6)  # median; the median case fits the CPU budget
     # Median extents 300 x 336 x 336 mm, x 0.85 (body crop) / spacing = 56.7 x 178.5 x 178.5.
@@ -105,3 +106,9 @@ def test_plan_from_a_measured_fingerprint_validates(kits_tiny: Path, minutes):
     plan = plan_default(fp, voxels_per_second=1e6, max_minutes=minutes, device_class="cpu")
     plan.config.validate()
     assert all(p % 16 == 0 for p in plan.config.train.patch_size)
+
+
+def test_the_thick_slice_topology_is_opt_in():
+    iso = plan_default(KITS_LIKE, voxels_per_second=1e6, max_minutes=10, device_class="cpu")
+    assert iso.config.model.options == {"base_channels": DEVICE_BUDGETS["cpu"].base_channels}
+    assert iso.config.train.patch_size == (32, 128, 128)  # multiples of 16 on every axis

@@ -25,8 +25,8 @@ _FIXES = {
     errno.EACCES: "make the folder writable or write elsewhere",
     errno.EPERM: "make the folder writable or write elsewhere",
     errno.EROFS: "the disk is read-only; write elsewhere",
-    errno.ENOTDIR: "part of the path is a file, not a folder; choose another path",
-    errno.EEXIST: "part of the path is a file, not a folder; choose another path",
+    errno.ENOTDIR: "choose another path",
+    errno.EEXIST: "choose another path",
 }
 
 
@@ -41,22 +41,33 @@ def write_error(path: str | Path, cause: str, code: int | None = None) -> Voxseg
 
 
 def os_write_error(path: str | Path, exc: OSError) -> VoxsegError:
+    path = Path(path)
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):  # a folder on the way is a file
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return write_error(path, f"{blocker} is a file, not a folder", exc.errno)
     return write_error(path, exc.strerror or str(exc), exc.errno)
 
 
-def likely_short_write(folder: Path) -> str:
-    """The probable cause when a writer reported success but its file came out short."""
+def short_write(folder: Path) -> str:
+    """The cause to report when a writer said it succeeded but its file came out short."""
+    return f"the file written is incomplete: {likely_cause(folder) or 'is the disk full?'}"
+
+
+def likely_cause(folder: Path) -> str | None:
+    """What probably made a write fail that reported no cause of its own: a file-size limit
+    (ulimit -f) or a nearly full disk; None if neither."""
     with contextlib.suppress(ImportError, OSError, ValueError):
         import resource
 
         soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
         if soft != resource.RLIM_INFINITY:
-            return f"{os.strerror(errno.EFBIG)}: a file-size limit of {soft} bytes is set"
+            return f"{os.strerror(errno.EFBIG)}, a file-size limit of {soft} bytes is set"
     with contextlib.suppress(OSError):
         st = os.statvfs(folder)
         if st.f_bavail * st.f_frsize < 1 << 20:
             return os.strerror(errno.ENOSPC)
-    return "the file came out short"
+    return None
 
 
 @contextlib.contextmanager
@@ -133,7 +144,7 @@ def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
         if tmp.stat().st_size != len(data):
-            raise write_error(path, likely_short_write(tmp.parent))
+            raise write_error(path, short_write(tmp.parent))
 
 
 def remove_stale_parts(folder: str | Path, name: str = "*") -> int:

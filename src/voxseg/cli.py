@@ -113,11 +113,13 @@ def synth(
 @app.command()
 @handle_errors
 def info(
-    data: Annotated[Path, typer.Argument(help="Dataset root, folder of images, or one image.")],
+    data: Annotated[
+        Path, typer.Argument(help="Dataset root, folder of images, one image, or a run folder.")
+    ],
     foreground: ForegroundOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """What discovery finds: layout, cases, shapes, spacings, orientations, labels."""
+    """What discovery finds (layout, cases, shapes, spacings, labels), or a run's model card."""
     import json
 
     from rich.table import Table
@@ -125,7 +127,12 @@ def info(
     from voxseg.data import discover
     from voxseg.data.inspect import AXES, inspect_dataset
     from voxseg.data.inspect import as_json as info_json
+    from voxseg.run_folder import RunFolder
 
+    run = RunFolder(data)
+    if run.config_path.is_file():
+        _print_model_card(run, as_json)
+        return
     fg = _parse_foreground(foreground)
     dataset = discover(data)
     with ProgressUI(transient=True, enabled=not as_json) as ui:
@@ -163,6 +170,28 @@ def info(
     )
     for note in dataset.notes:
         err_console.print(f"note: {note}", highlight=False)
+
+
+def _print_model_card(run, as_json: bool) -> None:
+    import json
+    from dataclasses import asdict
+
+    config = run.load_config()
+    card = asdict(config.card)
+    if as_json:
+        print(json.dumps({"model_card": card, "config": config.to_dict()}, indent=2))
+        return
+    p = config.preprocess
+    grid = f"shape {p.shape}" if p.mode == "shape" else f"spacing {p.spacing} mm (z y x)"
+    lines = [
+        f"model {config.model.name} {config.model.options or ''}".rstrip(),
+        f"input: CT resampled to {grid}, HU window {p.window}",
+        f"post-processing: keep the {config.infer.keep_largest} largest components"
+        if config.infer.keep_largest
+        else "post-processing: none",
+        *(f"{k.replace('_', ' ')}: {v}" for k, v in card.items() if v not in ("", None)),
+    ]
+    console.print(f"{run.root}\n  " + "\n  ".join(lines), highlight=False)
 
 
 @app.command()
@@ -234,7 +263,9 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start afresh in an existing --out.")
     ] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+    ] = "auto",
     precision: Annotated[
         str | None, typer.Option("--precision", help="auto, fp32, bf16, fp16.")
     ] = None,
@@ -246,6 +277,13 @@ def train(
     cache: Annotated[
         Path | None, typer.Option("--cache", help="Preprocessed-case cache folder.")
     ] = None,
+    anisotropic: Annotated[
+        bool,
+        typer.Option(
+            "--anisotropic",
+            help="Plan nnU-Net's thick-slice U-Net (no mixing across thick slices at first).",
+        ),
+    ] = False,
     nproc: Annotated[
         int, typer.Option("--nproc", min=1, help="Processes on this machine (DDP via torchrun).")
     ] = 1,
@@ -287,6 +325,7 @@ def train(
         out=out,
         overrides={k: v for k, v in given.items() if v is not None},
         preset=preset,
+        anisotropic=anisotropic,
         resume=resume,
         overwrite=overwrite,
         device=device,
@@ -319,10 +358,15 @@ def train(
 def predict(
     model: Annotated[Path, typer.Option("--model", help="Run folder made by `voxseg train`.")],
     input: Annotated[
-        Path, typer.Option("--input", help="Image file, folder of images, or dataset root.")
+        Path,
+        typer.Option("--input", "-i", help="Image file, folder of images, or dataset root."),
     ],
-    output: Annotated[Path, typer.Option("--output", help="Mask file (single input) or folder.")],
-    device: Annotated[str, typer.Option("--device")] = "auto",
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Mask file (single input) or folder.")
+    ],
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+    ] = "auto",
     tta: Annotated[bool, typer.Option("--tta", help="Mirror test-time augmentation.")] = False,
     overlap: Annotated[float | None, typer.Option("--overlap", min=0.0, max=0.95)] = None,
     probabilities: Annotated[
@@ -341,18 +385,11 @@ def predict(
     ] = False,
 ) -> None:
     """Predict masks on each input's exact grid (shape, spacing, origin, direction, axis order)."""
-    from dataclasses import replace
-
     from voxseg.distributed import shard_from_env
-    from voxseg.prediction import iter_predictions, load_predictor
+    from voxseg.prediction import infer_settings, iter_predictions, load_predictor
 
     predictor = load_predictor(model, device)
-    infer = replace(
-        predictor.config.infer,
-        tta=tta,
-        keep_largest=predictor.config.infer.keep_largest if keep_largest is None else keep_largest,
-        **({"overlap": overlap} if overlap is not None else {}),
-    )
+    infer = infer_settings(predictor.config, tta=tta, overlap=overlap, keep_largest=keep_largest)
     with ProgressUI(transient=True) as ui:
         results = list(
             iter_predictions(

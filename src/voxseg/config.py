@@ -118,7 +118,7 @@ class TrainConfig:
     """Training patch (canonical order); None trains on whole resampled volumes."""
     foreground_oversample: float = _checked(0.5, _probability)
     """Fraction of patches centred on a foreground voxel (nnU-Net uses 1/3)."""
-    augment: Literal["off", "light", "full"] = "full"
+    augment: Literal["off", "light", "full"] = "light"
     """'light': left-right flips and intensity jitter; 'full': nnU-Net's kind (rotation and
     scaling, noise, blur, brightness, contrast, low resolution, gamma, mirroring)."""
     val_fraction: float = _checked(0.2, _fraction)
@@ -148,7 +148,31 @@ class InferConfig:
     threshold: float = _checked(0.5, _open_unit)
 
 
-SECTIONS = ("data", "preprocess", "model", "train", "infer")
+@dataclass(frozen=True)
+class ModelCard:
+    """What a receiver of the model needs to know; filled in when training ends."""
+
+    command: str = ""
+    """The command that trained it."""
+    voxseg_version: str = ""
+    torch_version: str = ""
+    created: str = ""
+    """When training ended (ISO 8601, local time with offset)."""
+    data: str = ""
+    """The training dataset's folder."""
+    train_cases: int = 0
+    val_cases: int = 0
+    median_spacing: Triple | None = None
+    """Of the training data, mm, canonical order (z y x)."""
+    target: str = ""
+    """What the model segments, in words."""
+    val_dice: float | None = None
+    """Mean validation Dice of the kept weights (None without validation)."""
+    epochs: int = 0
+    trained_minutes: float = 0.0
+
+
+SECTIONS = ("data", "preprocess", "model", "train", "infer", "card")
 
 
 @dataclass(frozen=True)
@@ -158,6 +182,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    card: ModelCard = field(default_factory=ModelCard)
     version: int = CONFIG_VERSION
 
     def to_dict(self) -> dict:

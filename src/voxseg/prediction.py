@@ -8,7 +8,7 @@ the input's shape, spacing, origin, direction and array axis order.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +72,18 @@ def load_predictor(
     dev = resolve_device(device)
     model.to(dev).eval()
     return Predictor(model, config, dev, autocast_dtype(precision or config.train.precision, dev))
+
+
+def infer_settings(
+    config: RunConfig,
+    *,
+    tta: bool = False,
+    overlap: float | None = None,
+    keep_largest: int | None = None,
+) -> InferConfig:
+    """The run's inference settings with the user's choices, checked like any setting."""
+    given = {"infer.tta": tta, "infer.overlap": overlap, "infer.keep_largest": keep_largest}
+    return config.override({k: v for k, v in given.items() if v is not None}).infer
 
 
 def predict_image(
@@ -220,12 +232,7 @@ def predict(
     existed are left out); writes files when `output` is given.
     """
     predictor = load_predictor(model, device)
-    infer = replace(
-        predictor.config.infer,
-        tta=tta,
-        keep_largest=predictor.config.infer.keep_largest if keep_largest is None else keep_largest,
-        **({"overlap": overlap} if overlap is not None else {}),
-    )
+    infer = infer_settings(predictor.config, tta=tta, overlap=overlap, keep_largest=keep_largest)
     results = iter_predictions(
         predictor,
         Path(input),

@@ -121,6 +121,18 @@ def _run_facts(config: RunConfig, state: TrainState | None) -> list[tuple[str, s
         ("patch", str(t.patch_size) if t.patch_size else "whole volume"),
         ("optimizer", f"{t.optimizer}, lr {t.lr:g}, {t.schedule}"),
     ]
+    card = config.card
+    if card.data:
+        facts += [
+            (
+                "trained on",
+                f"{card.data}: {card.train_cases} training, {card.val_cases} "
+                f"validation cases, median spacing {card.median_spacing} mm (z y x)",
+            ),
+            ("trained", f"{card.trained_minutes:g} min, {card.epochs} epochs, {card.created}"),
+            ("versions", f"voxseg {card.voxseg_version}, torch {card.torch_version}"),
+            ("command", card.command),
+        ]
     if state is not None:
         if state.best_epoch:
             facts.append(

@@ -15,9 +15,12 @@ from voxseg.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` takes the GPU when there is one; anything else must name a usable device."""
+    """`auto` takes a CUDA GPU, else an Apple GPU, else the CPU; anything else must name a
+    usable device."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as exc:
@@ -28,6 +31,10 @@ def resolve_device(name: str) -> torch.device:
         count = torch.cuda.device_count()
         if device.index >= count:
             raise ConfigError(f"--device {name}: only {count} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name}: no Apple GPU (MPS) is available here; use cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {name}: choose auto, cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -49,6 +56,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return None  # float32: half-precision 3D convolutions on MPS are not worth the risk
     return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 

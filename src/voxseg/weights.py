@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from voxseg.atomic import atomic_path, likely_short_write, write_error
-from voxseg.errors import ConfigError
+from voxseg.atomic import atomic_path, short_write, write_error
+from voxseg.errors import ConfigError, VoxsegError
 
 
 def is_pickle(head: bytes) -> bool:
@@ -55,15 +55,18 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
         try:
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
         except SafetensorError as exc:
-            raise write_error(path, _safetensors_cause(exc)) from exc
+            raise _safetensors_error(path, exc) from exc
         _check_complete(tmp, path)
     return sha256(path)
 
 
-def _safetensors_cause(exc: Exception) -> str:
-    """The OS message inside safetensors' Rust error text (`... message: "No space left ..."`)."""
-    found = re.search(r'message: "([^"]+)"', str(exc))
-    return found.group(1) if found else str(exc).splitlines()[0]
+def _safetensors_error(path: Path, exc: Exception) -> VoxsegError:
+    """One line from safetensors' Rust error text, e.g. `Error while serializing: I/O error:
+    File too large (os error 27)`: the OS message and its errno."""
+    found = re.search(r"([^:]+) \(os error (\d+)\)", str(exc))
+    if found is None:
+        return write_error(path, (str(exc).splitlines() or [type(exc).__name__])[0])
+    return write_error(path, found.group(1).strip(), int(found.group(2)))
 
 
 def _check_complete(tmp: Path, path: Path) -> None:
@@ -78,10 +81,10 @@ def _check_complete(tmp: Path, path: Path) -> None:
         except (ValueError, MemoryError):
             header = None
     if not isinstance(header, dict):
-        raise write_error(path, likely_short_write(tmp.parent))
+        raise write_error(path, short_write(tmp.parent))
     ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
     if size != 8 + length + max(ends, default=0):
-        raise write_error(path, likely_short_write(tmp.parent))
+        raise write_error(path, short_write(tmp.parent))
 
 
 def load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxseg.atomic import atomic_files, atomic_path, likely_short_write, write_error
+from voxseg.atomic import atomic_files, atomic_path, likely_cause, short_write, write_error
 from voxseg.data.nifti import check_nifti, is_nifti2
 from voxseg.errors import InputError, OutputExistsError, VoxsegError
 from voxseg.geometry import Geometry
@@ -344,16 +344,16 @@ def _write_checked(img, tmp: Path, path: Path, geometry: Geometry, compress: boo
 
     try:
         sitk.WriteImage(img, str(tmp), useCompression=compress)
-    except RuntimeError as exc:
-        raise write_error(path, _reason(exc)) from exc
+    except RuntimeError as exc:  # ITK's text may hold no OS cause ("failed to flush")
+        cause = ", ".join(filter(None, [_reason(exc), likely_cause(tmp.parent)]))
+        raise write_error(path, cause) from exc
     try:
         if tmp.name.lower().endswith((".nii", ".nii.gz")):
             written = read_info(tmp).geometry  # header, and every byte counted (nifti.py)
         else:
             written = _geometry(_read(tmp))  # the data file(s) too, decoded to the end
-    except InputError as exc:
-        detail = str(exc).removeprefix(f"{tmp}: ").split(";")[0]
-        raise write_error(path, f"{likely_short_write(tmp.parent)} - {detail}") from exc
+    except InputError as exc:  # its message names the temporary file: `--debug` shows it
+        raise write_error(path, short_write(tmp.parent)) from exc
     if not written.same_grid(geometry):
         raise VoxsegError(
             f"{path}: the file written reads back on another grid (spacing {written.spacing}, "

@@ -8,6 +8,11 @@ its end, which checks every member's CRC and length, and the bytes counted again
 float voxels are checked for NaN/inf in the same pass. The gzip trailer alone (ISIZE) cannot
 tell: in a cut-off file it is whatever bytes sit at the cut, it holds only the last member's
 size, and only modulo 2**32.
+
+The header's geometry is checked too. A NIfTI-1 header holds two affines (qform, sform) and a
+voxel size (pixdim); ITK keeps one affine and writes its masks with both set to it, so when the
+header's own disagree, or the voxel size is not positive, a mask would silently sit elsewhere
+than its scan in another tool (nibabel, FSL). Such headers are refused.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ _HEADER = 348  # NIfTI-1 header size
 _HEADER2 = 540  # NIfTI-2 header size (ITK has no NIfTI-2 reader: only recognised)
 _NIFTI_MAGIC = (b"n+1\0", b"ni1\0")
 _ORIGIN_TOL = 1e-3  # mm between the qform's and the sform's origin
-_MATRIX_TOL = 1e-4  # between their 3x3 parts (mm per voxel), and for axes being perpendicular
+_MATRIX_TOL = 1e-4  # between their axis directions (unit vectors)
 _SPACING_RTOL = 1e-4  # the sform's voxel size against pixdim
 _GZIP_MAGIC = b"\x1f\x8b"
 _IN_CHUNK = 1 << 18  # compressed bytes read at a time
@@ -231,7 +236,7 @@ def _geometry_problem(h: _Header) -> str | None:
         if problem:
             return problem
         if h.qform_code > 0:
-            return _affines_problem(_qform(h), sform)
+            return _affines_problem(_qform(h), sform, zooms)
     return None
 
 
@@ -243,24 +248,20 @@ def _sform_problem(matrix: np.ndarray, zooms: np.ndarray) -> str | None:
             "would size the image differently; re-save it with one of them fixed "
             "(nibabel: img.header.set_zooms or img.set_sform)"
         )
-    axes = matrix / norms
-    if np.abs(axes.T @ axes - np.eye(3)).max() > _MATRIX_TOL:
-        return (
-            "the sform's axes are not perpendicular (a sheared grid), which ITK cannot "
-            "represent; resample the scan onto a rectangular grid"
-        )
-    return None
+    return None  # a sheared sform ITK refuses itself (no orthonormal direction)
 
 
-def _affines_problem(qform: np.ndarray, sform: np.ndarray) -> str | None:
+def _affines_problem(qform: np.ndarray, sform: np.ndarray, zooms: np.ndarray) -> str | None:
+    """Compared as origin (mm) and axis directions (per mm of voxel size, so a coarse grid is
+    held to the same angle as a fine one)."""
     shift = float(np.linalg.norm(qform[:, 3] - sform[:, 3]))
-    turn = float(np.abs(qform[:, :3] - sform[:, :3]).max())
+    turn = float(np.abs((qform[:, :3] - sform[:, :3]) / zooms).max())
     if shift <= _ORIGIN_TOL and turn <= _MATRIX_TOL:
         return None
     return (
-        f"the header's sform and qform disagree (origins {shift:.3g} mm apart, axes differ by "
-        f"up to {turn:.3g}), so tools would place the image differently; keep one: set the "
-        "other's code to 0 or make them equal (nibabel: img.set_qform(img.get_sform()))"
+        f"the header's sform and qform disagree (origins {shift:.3g} mm apart, axis directions "
+        f"differ by up to {turn:.3g}), so tools would place the image differently; keep one: "
+        "set the other's code to 0 or make them equal (nibabel: img.set_qform(img.get_sform()))"
     )
 
 

@@ -41,6 +41,9 @@ VAL_SHARE = 0.15
 """With a time budget, epochs last so that validation takes about this share of the time."""
 MIN_EPOCH_STEPS = 10
 MAX_EPOCH_STEPS = 500
+MAX_EPOCH_SHARE = 0.1
+"""With a time budget, no epoch takes more than this share of it: one slow validation (a
+busy moment) must not stretch the next epoch over a large part of the budget."""
 TIME_BUDGET = "time budget"
 INTERRUPTED = "interrupted"
 EPOCH_LIMIT = "epoch limit"
@@ -149,7 +152,8 @@ def epoch_length(tc: TrainConfig, clock: _Clock, planned: int) -> int:
     if tc.max_minutes is None or tc.patch_size is None or not clock.val or not clock.step:
         return planned
     steps = clock.val * (1 - VAL_SHARE) / VAL_SHARE / clock.step
-    return int(min(MAX_EPOCH_STEPS, max(MIN_EPOCH_STEPS, round(steps))))
+    steps = min(steps, MAX_EPOCH_SHARE * clock.budget / clock.step, MAX_EPOCH_STEPS)
+    return int(max(MIN_EPOCH_STEPS, round(steps)))
 
 
 def _update_best(state: TrainState, tc: TrainConfig, epoch: int, val: ValResult | None, losses):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+import shlex
+import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from voxseg.config import SEED_SHAPE, RunConfig, option_name
+from voxseg.config import SEED_SHAPE, ModelCard, RunConfig, option_name
 from voxseg.data.discovery import Case, discover, require_labelled, split_cases
 from voxseg.data.guards import memory_limit
 from voxseg.distributed import DistContext, barrier, init_from_env, shutdown, wrap
@@ -37,6 +40,8 @@ class TrainOptions:
     overrides: dict[str, Any] = field(default_factory=dict)
     """Settings the user gave, as {"section.field": value} (`RunConfig.override` checks them)."""
     preset: str | None = None
+    anisotropic: bool = False
+    """Plan a thick-slice U-Net topology (1x3x3 kernels, 1x2x2 strides at first)."""
     resume: bool = False
     overwrite: bool = False
     device: str = "auto"
@@ -90,6 +95,7 @@ def resolve_config(
             max_minutes=o.overrides.get("train.max_minutes"),
             device_class=device_class,
             base=base,
+            anisotropic=o.anisotropic,
         )
         low, high = min(throughput.readings), max(throughput.readings)
         log(f"plan: throughput readings {low / 1e6:.2f}-{high / 1e6:.2f} Mvoxel/s")
@@ -255,21 +261,51 @@ def _run(o: TrainOptions, hooks: TrainHooks, dist: DistContext) -> tuple[RunConf
 
         plot_curves(state.history, run.curves_path)
         if val_prepared and state.stopped != INTERRUPTED and state.best_postprocess:
-            config = _choose_postprocessing(run, config, state, log)
+            config = _choose_postprocessing(config, state, log)
+        config = replace(
+            config, card=model_card(config, state, o.data, train_prepared, val_prepared)
+        )
+        run.save_config(config)
     return config, state
 
 
+def model_card(
+    config: RunConfig,
+    state: TrainState,
+    data: Path,
+    train_cases: Sequence[PreparedCase],
+    val_cases: Sequence[PreparedCase],
+) -> ModelCard:
+    """What a receiver of the model needs: data, target, validation score, versions, command."""
+    import voxseg
+
+    spacings = np.array([c.record.canonical_spacing for c in train_cases])
+    target = config.data.foreground
+    return ModelCard(
+        command=shlex.join(["voxseg", *sys.argv[1:]]) if sys.argv else "",
+        voxseg_version=voxseg.__version__,
+        torch_version=torch.__version__,
+        created=datetime.now().astimezone().isoformat(timespec="seconds"),
+        data=str(Path(data).resolve()),
+        train_cases=len(train_cases),
+        val_cases=len(val_cases),
+        median_spacing=tuple(round(float(s), 4) for s in np.median(spacings, axis=0)),
+        target="every non-zero label" if target is None else f"labels {list(target)}",
+        val_dice=None if math.isnan(state.best_dice) else round(state.best_dice, 4),
+        epochs=state.epoch,
+        trained_minutes=round(state.elapsed / 60, 2),
+    )
+
+
 def _choose_postprocessing(
-    run: RunFolder, config: RunConfig, state: TrainState, log: Callable[[str], None]
+    config: RunConfig, state: TrainState, log: Callable[[str], None]
 ) -> RunConfig:
     """Keep-largest-components as validation scored it at the best epoch (no re-prediction)."""
     means = {int(n): d for n, d in state.best_postprocess.items()}
     choice = choose_keep_largest(means)
     scores = ", ".join(f"{'all' if n == 0 else f'largest {n}'}: {d:.4f}" for n, d in means.items())
     log(f"post-processing on validation ({scores}) -> keep_largest={choice}")
-    config = config.override({"infer.keep_largest": choice})
-    run.save_config(config)
-    return config
+    return config.override({"infer.keep_largest": choice})
 
 
 def time_summary(config: RunConfig, state: TrainState) -> str:
