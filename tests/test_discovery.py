@@ -92,3 +92,42 @@ def test_split_is_deterministic_and_respects_named_cases(kits_tiny: Path):
     with pytest.raises(ConfigError, match="unknown case"):
         split_cases(cases, val_cases=["case_99999"])
     assert np.isclose(len(cases), 3)
+
+
+@pytest.mark.parametrize(
+    "described",
+    [
+        {"channel_names": {"0": "CT"}, "labels": {"background": 0, "kidney": 1, "tumour": 2},
+         "file_ending": ".nii.gz"},  # nnU-Net v2
+        {"modality": {"0": "CT"}, "labels": {"0": "background", "1": "kidney", "2": "tumour"}},
+    ],
+)  # fmt: skip
+def test_dataset_json_names_labels_and_picks_the_file_ending(tmp_path: Path, described):
+    import json
+
+    from voxseg.data.io import write_image
+
+    image, label = blob_case()
+    g = geometry_for(image.shape)
+    root = tmp_path / "ds"
+    write_image(root / "imagesTr" / "k_001_0000.nii.gz", image, g)
+    write_image(root / "labelsTr" / "k_001.nii.gz", label, g)
+    write_image(root / "imagesTr" / "notes.nrrd", image, g)  # not the dataset's file ending
+    (root / "dataset.json").write_text(json.dumps(described), encoding="utf-8")
+    ds = discover(root)
+    assert ds.label_names == {0: "background", 1: "kidney", 2: "tumour"}
+    expected = ["k_001"] if "file_ending" in described else ["k_001", "notes"]
+    assert [c.case_id for c in ds.cases] == expected
+
+
+def test_a_multi_channel_dataset_json_is_refused(tmp_path: Path):
+    import json
+
+    root = tmp_path / "ds"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0}}),
+        encoding="utf-8",
+    )
+    with pytest.raises(InputError, match="2 channels"):
+        discover(root)

@@ -133,3 +133,20 @@ def test_full_augmentation_is_seeded_per_sample_and_keeps_labels_binary():
     for aug_image, aug_label in outs:
         assert aug_image.shape == image.shape and aug_image.dtype == np.float32
         assert set(np.unique(aug_label)) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize(("cost", "expected"), [({2: 1.0, 1: 0.6}, 1), ({2: 0.5, 1: 0.9}, 2)])
+def test_thread_tuner_keeps_the_faster_thread_count(monkeypatch, cost, expected):
+    """A simulated machine whose step time depends on the thread count (a busy core makes
+    two threads slower than one)."""
+    from voxseg.train import threads
+
+    now = {"threads": 2}
+    monkeypatch.setattr(threads.torch, "set_num_threads", lambda n: now.update(threads=n))
+    tuner = threads.ThreadTuner(most=2)
+    for step in range(100):
+        tuner.observe(cost[now["threads"]], step)
+    assert tuner.current == expected and now["threads"] == expected
+    assert bool(tuner.switches) == (expected == 1)
+    tuner.restore()
+    assert now["threads"] == 2

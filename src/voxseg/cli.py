@@ -163,6 +163,9 @@ def info(
             f"{100 * r.foreground_fraction:.2f}" if r.foreground_fraction is not None else "-",
         )
     console.print(table)
+    if dataset.label_names:
+        named = ", ".join(f"{v} {n}" for v, n in dataset.label_names.items())
+        console.print(f"labels (dataset.json): {named}", highlight=False)
     console.print(
         f"shape and spacing in the order {AXES} (superior, posterior, left), as "
         "`voxseg train --shape/--spacing` take them",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from voxseg.data.dataset_json import read_dataset_json
 from voxseg.data.io import IMAGE_SUFFIXES, image_stem, is_dicom_dir, is_image_file
 from voxseg.errors import ConfigError, InputError
 
@@ -49,6 +50,8 @@ class Dataset:
     cases: tuple[Case, ...]
     notes: tuple[str, ...] = field(default=())
     """Things discovery skipped, worded for the user (e.g. a case folder without an image)."""
+    label_names: dict[int, str] = field(default_factory=dict)
+    """Label value -> name, from the dataset's dataset.json (empty when it has none)."""
 
     @property
     def labelled(self) -> tuple[Case, ...]:
@@ -108,21 +111,27 @@ def _channel_groups(files: list[Path], labels: dict[str, Path]) -> dict[str, lis
     return groups
 
 
-def _msd_cases(root: Path) -> tuple[list[Case], list[str]]:
+def _msd_cases(root: Path, ending: str | None) -> tuple[list[Case], list[str]]:
+    """`ending` (dataset.json's file_ending) keeps only files with that ending when known."""
+
+    def files(sub: str) -> list[Path]:
+        found = _image_files(root / sub)
+        return [p for p in found if p.name.endswith(ending)] if ending else found
+
     cases, notes = [], []
-    labels = {image_stem(p): p for p in _image_files(root / "labelsTr")}
+    labels = {image_stem(p): p for p in files("labelsTr")}
     for sub, labelled in (("imagesTr", True), ("imagesTs", False)):
-        for case_id, files in _channel_groups(_image_files(root / sub), labels).items():
-            if len(files) > 1:
+        for case_id, files_ in _channel_groups(files(sub), labels).items():
+            if len(files_) > 1:
                 raise InputError(
-                    f"{files[0].parent}: case {case_id} has {len(files)} channels "
-                    f"({', '.join(f.name for f in files[:3])}); voxseg segments single-channel "
+                    f"{files_[0].parent}: case {case_id} has {len(files_)} channels "
+                    f"({', '.join(f.name for f in files_[:3])}); voxseg segments single-channel "
                     "scans: keep one channel per case (e.g. the CT, _0000)"
                 )
             label = labels.get(case_id) if labelled else None
             if labelled and label is None:
-                notes.append(f"{files[0]}: no label in labelsTr, listed as unlabelled")
-            cases.append(Case(case_id, files[0], label))
+                notes.append(f"{files_[0]}: no label in labelsTr, listed as unlabelled")
+            cases.append(Case(case_id, files_[0], label))
     return cases, notes
 
 
@@ -159,10 +168,13 @@ def discover(root: str | Path) -> Dataset:
                 has_maj = any(c.label and c.label.name != KITS_LABELS[0] for c in cases)
                 return Dataset(root, "kits21" if has_maj else layout, tuple(cases), tuple(notes))
     if (root / "imagesTr").is_dir() or (root / "imagesTs").is_dir():
-        cases, notes = _msd_cases(root)
+        described = read_dataset_json(root)
+        ending = described.file_ending if described else None
+        cases, notes = _msd_cases(root, ending)
         if cases:
             _unique_ids(root, cases)
-            return Dataset(root, "msd", tuple(cases), tuple(notes))
+            names = described.labels if described else {}
+            return Dataset(root, "msd", tuple(cases), tuple(notes), names)
     files = _image_files(root)
     if files:
         cases = [Case(image_stem(p), p) for p in files]

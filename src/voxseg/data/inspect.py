@@ -79,6 +79,7 @@ def as_json(dataset: Dataset, rows: list[CaseInfo]) -> dict:
         "labelled": len(dataset.labelled),
         "unlabelled": len(dataset.unlabelled),
         "notes": list(dataset.notes),
+        "label_names": {str(k): v for k, v in dataset.label_names.items()},
         "axes": f"shape and spacing in the order {AXES} (superior, posterior, left), "
         "as train --shape/--spacing take them",
         "rows": [asdict(r) for r in rows],

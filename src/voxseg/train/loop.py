@@ -32,6 +32,7 @@ from voxseg.run_folder import EpochRecord, RunFolder, TrainState
 from voxseg.runtime import autocast, autocast_dtype, to_device
 from voxseg.train.resume import load_checkpoint, save_checkpoint
 from voxseg.train.sampler import Batch, SamplerConfig, epoch_batches, steps_in_epoch
+from voxseg.train.threads import ThreadTuner
 from voxseg.train.validation import ValResult, validate_sharded
 
 GRAD_CLIP = 12.0
@@ -220,6 +221,7 @@ def train(
     if state.history and val_cases and math.isfinite(state.history[-1].val_seconds):
         clock.val = state.history[-1].val_seconds
     bad_steps = 0
+    tuner = ThreadTuner.for_device(device) if timed else None  # epoch mode stays bit-exact
     model.train()
 
     def checkpoint() -> tuple[str, float]:
@@ -279,6 +281,8 @@ def train(
             te = time.monotonic()
             data_s, step_s = data_s + tb - ts, step_s + te - tb
             clock.add_step(te - ts)
+            if tuner is not None and tuner.observe(te - ts, state.step) and dist.is_main:
+                hooks.log(f"{tuner.current} intra-op threads are faster now (busy machine?)")
             if dist.is_main:
                 hooks.on_progress(
                     Step(f"epoch {epoch}", i + 1, n_steps, _status(state, losses, clock))
@@ -315,6 +319,8 @@ def train(
             )
             save_checkpoint(run, model, optimizer, state)
             run.write_metrics(state.history)
+    if tuner is not None:
+        tuner.restore()
     if state.epoch >= tc.epochs and not state.stopped:
         state.stopped = EPOCH_LIMIT
     if dist.is_main:

@@ -115,7 +115,9 @@ def prepare_run_dir(run: RunFolder, resume: bool, overwrite: bool) -> None:
     no checkpoint) is simply reused."""
     if resume:
         if not run.config_path.is_file():
-            raise ConfigError(f"{run.root}: no config.json to resume from; start without --resume")
+            raise ConfigError(
+                f"{run.root}: no {run.config_path.name} to resume from; start without --resume"
+            )
         return
     if run.root.exists() and not run.root.is_dir():
         raise OutputExistsError(f"{run.root}: is a file; give a folder for the run")
