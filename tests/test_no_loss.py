@@ -360,3 +360,11 @@ def test_safetensors_starting_with_0x80_is_not_a_pickle(tmp_path: Path):
     assert list(load_tensors(path)) == ["x" * n]
     assert is_pickle(pickle.dumps({"a": 1}, protocol=4))
     assert is_pickle(b"PK\x03\x04" + b"\0" * 8)
+
+
+def test_train_out_an_existing_file_is_one_line(tmp_path: Path, run: Path):
+    out = tmp_path / "notes.txt"
+    out.write_text("mine", encoding="utf-8")
+    result = invoke("train", "--data", run.parent / "kits", "--out", out, *SEED_16)
+    assert_user_error(result, str(out), "is a file")
+    assert out.read_text(encoding="utf-8") == "mine"

@@ -108,7 +108,9 @@ def test_plan_from_a_measured_fingerprint_validates(kits_tiny: Path, minutes):
     assert all(p % 16 == 0 for p in plan.config.train.patch_size)
 
 
-def test_the_thick_slice_topology_is_opt_in():
-    iso = plan_default(KITS_LIKE, voxels_per_second=1e6, max_minutes=10, device_class="cpu")
+def test_the_thick_slice_topology_can_be_turned_off():
+    iso = plan_default(
+        KITS_LIKE, voxels_per_second=1e6, max_minutes=10, device_class="cpu", anisotropic=False
+    )
     assert iso.config.model.options == {"base_channels": DEVICE_BUDGETS["cpu"].base_channels}
     assert iso.config.train.patch_size == (32, 128, 128)  # multiples of 16 on every axis

@@ -283,10 +283,10 @@ def train(
     anisotropic: Annotated[
         bool,
         typer.Option(
-            "--anisotropic",
-            help="Plan nnU-Net's thick-slice U-Net (no mixing across thick slices at first).",
+            "--anisotropic/--isotropic",
+            help="Thick slices: plan nnU-Net's U-Net that does not mix slices at first.",
         ),
-    ] = False,
+    ] = True,
     nproc: Annotated[
         int, typer.Option("--nproc", min=1, help="Processes on this machine (DDP via torchrun).")
     ] = 1,

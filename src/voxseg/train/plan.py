@@ -124,11 +124,11 @@ def planned_model(
     model: ModelConfig,
     device_class: DeviceClass,
     spacing=(1.0, 1.0, 1.0),
-    anisotropic: bool = False,
+    anisotropic: bool = True,
 ) -> ModelConfig:
-    """The U-Net's width by device class and, when asked, its topology by spacing, unless the
-    user chose its options. The anisotropic topology is opt-in: on a 2-core CPU it costs ~1.5x
-    per step, and it has not yet been shown to pay for that at equal time."""
+    """The U-Net's width by device class and its topology by spacing (unless `anisotropic` is
+    off), unless the user chose its options. The thick-slice topology costs ~10 % per step
+    and won at equal time on thick-slice CT (benchmarks/RESULTS.md)."""
     if model.name != "unet" or model.options:
         return model
     options = {"base_channels": DEVICE_BUDGETS[device_class].base_channels}
@@ -145,7 +145,7 @@ def plan_default(
     max_minutes: float | None,
     device_class: DeviceClass,
     base: RunConfig | None = None,
-    anisotropic: bool = False,
+    anisotropic: bool = True,
 ) -> Plan:
     base = base or RunConfig()
     budget = DEVICE_BUDGETS[device_class]

@@ -40,8 +40,9 @@ class TrainOptions:
     overrides: dict[str, Any] = field(default_factory=dict)
     """Settings the user gave, as {"section.field": value} (`RunConfig.override` checks them)."""
     preset: str | None = None
-    anisotropic: bool = False
-    """Plan a thick-slice U-Net topology (1x3x3 kernels, 1x2x2 strides at first)."""
+    anisotropic: bool = True
+    """Plan a thick-slice U-Net topology (1x3x3 kernels, 1x2x2 strides at first) when the
+    slices are much thicker than the pixels."""
     resume: bool = False
     overwrite: bool = False
     device: str = "auto"
