@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "voxseg"
 # From the bottom up. A module may import modules of lower layers, and its own package's
 # modules (data.* among themselves, train.* among themselves); nothing else.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors",),
+    ("errors", "_version"),
     ("atomic", "progress"),
     ("geometry", "metrics", "config", "console"),
     ("data",),  # files: io, nifti checks, discovery, label checks, inspection

@@ -280,13 +280,13 @@ def model_card(
     val_cases: Sequence[PreparedCase],
 ) -> ModelCard:
     """What a receiver of the model needs: data, target, validation score, versions, command."""
-    import voxseg
+    from voxseg._version import __version__
 
     spacings = np.array([c.record.canonical_spacing for c in train_cases])
     target = config.data.foreground
     return ModelCard(
         command=shlex.join(["voxseg", *sys.argv[1:]]) if sys.argv else "",
-        voxseg_version=voxseg.__version__,
+        voxseg_version=__version__,
         torch_version=torch.__version__,
         created=datetime.now().astimezone().isoformat(timespec="seconds"),
         data=str(Path(data).resolve()),
