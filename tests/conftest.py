@@ -77,3 +77,41 @@ def kits_tiny(tmp_path: Path) -> Path:
             root / f"case_{i:05d}", image, label if i < 3 else None, geometry_for(image.shape)
         )
     return root
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory) -> Path:
+    """A tiny trained seed run (16^3, one epoch) on three KiTS-layout cases, shared by the
+    tests that only read it; the cases are in run.parent / "kits"."""
+    from typer.testing import CliRunner
+
+    from voxseg.cli import app
+
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "kits"
+    for i in range(3):
+        image, label = blob_case(seed=i)
+        write_case(data / f"case_{i:05d}", image, label, geometry_for(image.shape))
+    out = root / "run"
+    args = ["train", "--data", data, "--out", out, "--model", "seed", "--shape", "16", "16", "16"]
+    args += ["--epochs", "1", "--cache", root / "cache"]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def prepared_cases(n: int, shape=(16, 16, 16)):
+    """`n` blob cases as training sees them (normalised, canonical, identity geometry)."""
+    from voxseg.geometry import Reorientation
+    from voxseg.prepared import PreparedCase, foreground_positions
+    from voxseg.preprocess import PreprocessRecord, normalise
+
+    g = Geometry(shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), IDENTITY)
+    rec = PreprocessRecord(g, Reorientation.to_canonical(g), tuple((0, s) for s in shape), shape)
+    out = []
+    for i in range(n):
+        image, label = blob_case(shape, seed=i)
+        target = (label > 0).astype(np.uint8)
+        image = normalise(image, (-100, 300), 100, 100)
+        out.append(PreparedCase(f"c{i}", image, target, foreground_positions(target), rec))
+    return out

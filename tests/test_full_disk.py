@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tests.conftest import blob_case, geometry_for, write_case
+from tests.conftest import blob_case, geometry_for
 from tests.test_cli import SEED_16, assert_user_error, invoke
 from voxseg.data.io import read_image, write_image
 from voxseg.errors import OutputExistsError, VoxsegError
@@ -35,20 +35,6 @@ sys.argv = ["voxseg", *sys.argv[2:]]
 from voxseg.cli import main
 main()
 """
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    """A tiny trained seed run on a KiTS-layout folder, module-wide (as in test_no_loss.py)."""
-    root = tmp_path_factory.mktemp("fulldisk")
-    data = root / "kits"
-    for i in range(3):
-        image, label = blob_case(seed=i)
-        write_case(data / f"case_{i:05d}", image, label, geometry_for(image.shape))
-    out = root / "run"
-    result = invoke("train", "--data", data, "--out", out, *SEED_16, "--cache", root / "cache")
-    assert result.exit_code == 0, result.output
-    return out
 
 
 def _voxseg(limit: int, *args: str | Path) -> subprocess.CompletedProcess:

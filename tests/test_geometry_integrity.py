@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tests.conftest import blob_case, geometry_for, kits_dir, write_case
+from tests.conftest import blob_case, kits_dir
 from tests.test_cli import SEED_16, assert_user_error, invoke
 from voxseg.data import nifti
 from voxseg.data.io import read_image, read_info, write_image
@@ -34,20 +34,6 @@ def _fresh_cache():
     nifti._scan.cache_clear()
     yield
     nifti._scan.cache_clear()
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    """A tiny trained seed run, module-wide (as in test_no_loss.py)."""
-    root = tmp_path_factory.mktemp("geometry")
-    data = root / "kits"
-    for i in range(3):
-        image, label = blob_case(seed=i)
-        write_case(data / f"case_{i:05d}", image, label, geometry_for(image.shape))
-    out = root / "run"
-    result = invoke("train", "--data", data, "--out", out, *SEED_16, "--cache", root / "cache")
-    assert result.exit_code == 0, result.output
-    return out
 
 
 def _affine(degrees: float = 20.0, origin=(-40.0, 25.0, 60.0)) -> np.ndarray:

@@ -17,20 +17,6 @@ from tests.test_cli import SEED_16, assert_user_error, invoke
 from voxseg.data.io import read_image, write_image
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    """A tiny trained seed run on a KiTS-layout folder (kits_tiny's cases, module-wide)."""
-    root = tmp_path_factory.mktemp("noloss")
-    data = root / "kits"
-    for i in range(3):
-        image, label = blob_case(seed=i)
-        write_case(data / f"case_{i:05d}", image, label, geometry_for(image.shape))
-    out = root / "run"
-    result = invoke("train", "--data", data, "--out", out, *SEED_16, "--cache", root / "cache")
-    assert result.exit_code == 0, result.output
-    return out
-
-
 def _scans(folder: Path, names: list[str]) -> Path:
     image, _ = blob_case()
     for name in names:

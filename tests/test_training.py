@@ -11,38 +11,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import blob_case
+from tests.conftest import blob_case, prepared_cases
 from voxseg.api import fit
 from voxseg.config import InferConfig, ModelConfig, PreprocessConfig, RunConfig, TrainConfig
-from voxseg.geometry import Geometry, Reorientation
 from voxseg.models import build_model
-from voxseg.prepared import PreparedCase, foreground_positions
-from voxseg.preprocess import PreprocessRecord, normalise
 from voxseg.run_folder import RunFolder
 from voxseg.train import loop
 from voxseg.train.loop import TrainHooks, lr_at
 from voxseg.train.validation import ValResult
 
 SMALL_UNET = {"base_channels": 4, "depth": 2, "max_channels": 16}
-
-
-def _prepared(n: int, shape=(16, 16, 16)) -> list[PreparedCase]:
-    g = Geometry(shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    rec = PreprocessRecord(g, Reorientation.to_canonical(g), tuple((0, s) for s in shape), shape)
-    out = []
-    for i in range(n):
-        image, label = blob_case(shape, seed=i)
-        target = (label > 0).astype(np.uint8)
-        out.append(
-            PreparedCase(
-                f"c{i}",
-                normalise(image, (-100, 300), 100, 100),
-                target,
-                foreground_positions(target),
-                rec,
-            )
-        )
-    return out
 
 
 def _config(**train) -> RunConfig:
@@ -89,7 +67,7 @@ def test_lr_schedule_is_pure_and_bounded():
 
 
 def test_overfit_one_case_reaches_high_dice(tmp_path: Path):
-    cases = _prepared(1)
+    cases = prepared_cases(1)
     config = _config(
         epochs=1, steps_per_epoch=60, augment="off", foreground_oversample=0.0, batch_size=1
     )
@@ -98,7 +76,7 @@ def test_overfit_one_case_reaches_high_dice(tmp_path: Path):
 
 
 def test_resume_after_interruption_gives_identical_weights(tmp_path: Path):
-    cases = _prepared(3)
+    cases = prepared_cases(3)
     config = _config()
     _run(tmp_path / "full", config, cases)
     # Interrupt at the first step of epoch 3 (3 steps per epoch), then resume to the end.
@@ -116,7 +94,7 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path: Path):
 
 
 def test_early_stopping_restores_best_epoch(tmp_path: Path, monkeypatch):
-    cases = _prepared(3)
+    cases = prepared_cases(3)
     dices = iter([0.5, 0.8, 0.6, 0.7, 0.4, 0.3])
 
     def fake_validate(model, *a, **k):
@@ -140,12 +118,12 @@ def test_early_stopping_restores_best_epoch(tmp_path: Path, monkeypatch):
 
 
 def test_time_budget_stops_at_a_step_boundary(tmp_path: Path):
-    _, state = _run(tmp_path, _config(epochs=100, max_minutes=1e-6), _prepared(3))
+    _, state = _run(tmp_path, _config(epochs=100, max_minutes=1e-6), prepared_cases(3))
     assert state.stopped == "time budget"
 
 
 def test_training_is_deterministic(tmp_path: Path):
-    cases = _prepared(3)
+    cases = prepared_cases(3)
     a, _ = _run(tmp_path / "a", _config(epochs=1), cases)
     b, _ = _run(tmp_path / "b", _config(epochs=1), cases)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
@@ -186,7 +164,7 @@ def test_time_budget_is_spent_and_the_schedule_follows_the_clock(tmp_path: Path)
     config = _config(
         epochs=10_000, max_minutes=budget_s / 60, steps_per_epoch=2, patience=0, augment="off"
     )
-    _, state = _run(tmp_path, config, _prepared(3))
+    _, state = _run(tmp_path, config, prepared_cases(3))
     assert state.stopped == "time budget"
     assert budget_s * 0.8 <= state.elapsed <= budget_s * 1.5, state.elapsed
     lrs = [r.lr for r in state.history]

@@ -11,14 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import blob_case
+from tests.conftest import blob_case, prepared_cases
 from voxseg.config import PreprocessConfig
 from voxseg.data import discover
-from voxseg.geometry import Geometry, Reorientation
 from voxseg.losses import build_loss, deep_supervision_loss
 from voxseg.postprocess import CANDIDATES, candidate_dice, choose_keep_largest, keep_largest
-from voxseg.prepared import PreparedCase, cache_key, foreground_positions, load_or_prepare
-from voxseg.preprocess import PreprocessRecord
+from voxseg.prepared import cache_key, load_or_prepare
 from voxseg.train.sampler import SamplerConfig, epoch_batches
 
 
@@ -55,25 +53,10 @@ def test_candidate_dice_and_the_choice():
     assert choose_keep_largest({}) == 0
 
 
-def _prepared(n: int, shape=(16, 16, 16)) -> list[PreparedCase]:
-    g = Geometry(shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    rec = PreprocessRecord(g, Reorientation.to_canonical(g), tuple((0, s) for s in shape), shape)
-    out = []
-    for i in range(n):
-        image, label = blob_case(shape, seed=i)
-        target = (label > 0).astype(np.uint8)
-        out.append(
-            PreparedCase(
-                f"c{i}", image.astype(np.float32), target, foreground_positions(target), rec
-            )
-        )
-    return out
-
-
 @pytest.mark.parametrize("patch", [(8, 8, 8), None])
 @pytest.mark.parametrize("world", [2, 4])
 def test_n_processes_draw_exactly_the_batches_of_one(patch, world):
-    cases = _prepared(3)
+    cases = prepared_cases(3)
     one = SamplerConfig(4, patch, 0.5, "full", seed=3, steps_per_epoch=3)
     whole = list(epoch_batches(cases, 2, one, -1.0))
     shards = [
