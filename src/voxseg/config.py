@@ -56,8 +56,6 @@ def _ordered(value: Any) -> str | None:
 
 def _checked(default: Any, check: Check, **kw: Any) -> Any:
     """A dataclass field whose value `check` validates (None means valid)."""
-    if isinstance(default, dict | list):
-        return field(default_factory=lambda: type(default)(default), metadata={"check": check})
     return field(default=default, metadata={"check": check}, **kw)
 
 

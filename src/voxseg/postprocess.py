@@ -19,32 +19,35 @@ MIN_GAIN = 0.002
 """A candidate must beat keeping everything by this much mean Dice to be chosen."""
 
 
+class _Components:
+    """The 26-connected components of a mask, labelled once, largest first."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        from scipy import ndimage
+
+        self.mask = mask
+        self.labels, self.count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+        sizes = np.bincount(self.labels.ravel())[1:]
+        self.largest_first = np.argsort(sizes, kind="stable")[::-1] + 1
+
+    def keep(self, n: int) -> np.ndarray:
+        if n == 0 or self.count <= n:
+            return self.mask
+        return np.isin(self.labels, self.largest_first[:n])
+
+
 def keep_largest(mask: np.ndarray, n: int) -> np.ndarray:
     """Keep the `n` largest 26-connected components (all of them when `n` is 0)."""
-    from scipy import ndimage
-
-    if n == 0:
-        return mask
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
-    if count <= n:
-        return mask
-    sizes = np.bincount(labels.ravel())[1:]
-    keep = np.argsort(sizes, kind="stable")[::-1][:n] + 1
-    return np.isin(labels, keep)
+    return mask if n == 0 else _Components(mask).keep(n)
 
 
 def candidate_dice(mask: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Dice of `mask` against `target` after each candidate of CANDIDATES (one labelling)."""
-    from scipy import ndimage
-
     target = np.asarray(target, dtype=bool)
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
-    largest_first = np.argsort(np.bincount(labels.ravel())[1:], kind="stable")[::-1] + 1
-    scores = []
-    for n in CANDIDATES:
-        kept = mask if n == 0 or count <= n else np.isin(labels, largest_first[:n])
-        scores.append(dice(ConfusionCounts.from_masks(kept, target)))
-    return np.array(scores)
+    components = _Components(mask)
+    return np.array(
+        [dice(ConfusionCounts.from_masks(components.keep(n), target)) for n in CANDIDATES]
+    )
 
 
 def choose_keep_largest(mean_dice: Mapping[int, float]) -> int:

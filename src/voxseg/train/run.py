@@ -72,10 +72,14 @@ def check_options(o: TrainOptions) -> RunConfig:
 
 
 def resolve_config(
-    o: TrainOptions, fingerprint: Fingerprint, device: torch.device, log: Callable[[str], None]
+    o: TrainOptions,
+    wanted: RunConfig,
+    fingerprint: Fingerprint,
+    device: torch.device,
+    log: Callable[[str], None],
 ) -> tuple[RunConfig, Throughput | None]:
-    """The run's configuration, and the throughput reading when the plan needed one."""
-    wanted = check_options(o)
+    """The run's configuration, and the throughput reading when the plan needed one.
+    `wanted` is what `check_options` made of the options."""
     throughput = None
     base = RunConfig(data=wanted.data, model=wanted.model)
     if o.preset == "seed":
@@ -181,21 +185,23 @@ def run_training(o: TrainOptions, hooks: TrainHooks | None = None) -> tuple[RunC
     Under torchrun every process runs this; rank 0 plans, writes and logs, the others wait at
     barriers and then read what rank 0 wrote, so all ranks train with one configuration.
     """
-    check_options(o)
+    wanted = check_options(o)
     dist = init_from_env(resolve_device(o.device))
     try:
-        return _run(o, hooks or TrainHooks(), dist)
+        return _run(o, wanted, hooks or TrainHooks(), dist)
     finally:
         shutdown()
 
 
-def _run(o: TrainOptions, hooks: TrainHooks, dist: DistContext) -> tuple[RunConfig, TrainState]:
+def _run(
+    o: TrainOptions, wanted: RunConfig, hooks: TrainHooks, dist: DistContext
+) -> tuple[RunConfig, TrainState]:
     from voxseg.models import build_model
 
     log = hooks.log if dist.is_main else (lambda _m: None)
     run = RunFolder(o.out)
     dataset = discover(o.data)
-    foreground = o.overrides.get("data.foreground")
+    foreground = wanted.data.foreground
     if dist.is_main:  # the others read the configuration rank 0 resolved
         prepare_run_dir(run, o.resume, o.overwrite)
         if o.resume:
@@ -205,10 +211,14 @@ def _run(o: TrainOptions, hooks: TrainHooks, dist: DistContext) -> tuple[RunConf
                 log("resuming with " + ", ".join(f"{k} = {v}" for k, v in changes.items()))
         else:
             labelled = require_labelled(dataset, 2)
-            wanted = check_options(o).train  # a bad split fails before anything is read
-            split_cases(labelled, val_fraction=wanted.val_fraction, val_cases=wanted.val_cases)
+            # A bad split fails before anything is read.
+            split_cases(
+                labelled,
+                val_fraction=wanted.train.val_fraction,
+                val_cases=wanted.train.val_cases,
+            )
             fingerprint = measure_fingerprint(labelled, foreground)
-            config, throughput = resolve_config(o, fingerprint, dist.device, log)
+            config, throughput = resolve_config(o, wanted, fingerprint, dist.device, log)
             record = {"fingerprint": fingerprint.to_dict()}
             if throughput:
                 record["throughput"] = asdict(throughput)
