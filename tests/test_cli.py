@@ -256,6 +256,7 @@ def test_info_prints_shape_and_spacing_in_the_order_train_takes(kits_tiny: Path)
 
     from voxseg.config import PreprocessConfig
     from voxseg.prepared import prepare_case
+    from voxseg.regions import NON_ZERO
 
     row = json.loads(invoke("info", kits_tiny, "--json").stdout)["rows"][0]
     # conftest's files: array (16, 20, 24) at (2.5, 1.2, 0.8) mm, direction I,P,L.
@@ -263,7 +264,7 @@ def test_info_prints_shape_and_spacing_in_the_order_train_takes(kits_tiny: Path)
     # Resampling to the spacing info printed is the identity: same order as --spacing.
     case = discover(kits_tiny).labelled[0]
     cfg = PreprocessConfig(spacing=tuple(row["spacing"]), crop_body=False)
-    assert prepare_case(case, cfg, None).image.shape == tuple(row["shape"])
+    assert prepare_case(case, cfg, NON_ZERO).image.shape == tuple(row["shape"])
     table = " ".join(invoke("info", kits_tiny).output.split())
     assert "24x20x16" in table and "z y x" in table
 

@@ -15,10 +15,19 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "voxseg"
 # modules (data.* among themselves, train.* among themselves); nothing else.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "_version"),
-    ("atomic", "progress"),
+    ("atomic", "progress", "regions"),
     ("geometry", "metrics", "config", "console"),
     ("data",),  # files: io, nifti checks, discovery, label checks, inspection
-    ("preprocess", "weights", "distributed", "runtime", "models", "losses", "postprocess"),
+    (
+        "preprocess",
+        "weights",
+        "distributed",
+        "runtime",
+        "models",
+        "losses",
+        "postprocess",
+        "dicom_seg",  # a mask as a DICOM SEG that references its source series (data/io)
+    ),
     ("prepared", "run_folder", "inference", "synth"),
     ("plots",),
     ("prediction", "evaluation", "train"),  # training beside prediction, never under it

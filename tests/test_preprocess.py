@@ -14,6 +14,7 @@ from voxseg.preprocess import (
     restore,
     target_shape,
 )
+from voxseg.regions import NON_ZERO
 
 
 def test_normalise_clips_then_standardises():
@@ -50,7 +51,7 @@ def test_restore_puts_label_back_on_source_grid(direction, mode):
     cfg = PreprocessConfig(mode=mode, shape=(16, 16, 16), spacing=(2.0, 2.0, 2.0), crop_body=True)
     net_input, record = preprocess_image(image, g, cfg)
     assert net_input.shape == record.shape and net_input.dtype == np.float32
-    target = preprocess_label(label, record, None)
+    target = preprocess_label(label, record, NON_ZERO)
     back = restore(target.astype(np.float32), record)
     assert back.shape == label.shape and back.dtype == np.uint8
     fg = label > 0
@@ -63,7 +64,7 @@ def test_identity_preprocessing_restores_exactly():
     g = geometry_for(image.shape, spacing=(1.0, 1.0, 1.0), direction=IPL)
     cfg = PreprocessConfig(mode="spacing", spacing=(1.0, 1.0, 1.0), crop_body=False)
     _, record = preprocess_image(image, g, cfg)
-    target = preprocess_label(label, record, None)
+    target = preprocess_label(label, record, NON_ZERO)
     np.testing.assert_array_equal(restore(target.astype(np.float32), record), label > 0)
 
 

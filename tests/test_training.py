@@ -99,7 +99,7 @@ def test_early_stopping_restores_best_epoch(tmp_path: Path, monkeypatch):
 
     def fake_validate(model, *a, **k):
         d = next(dices)
-        return ValResult(np.array([d]), np.array([0.1]), np.array([[d, d, d, d]]))
+        return ValResult(np.array([[d]]), np.array([0.1]), np.array([[[d, d, d, d]]]))
 
     snapshots = {}
     real_save = RunFolder.save_best_weights

@@ -17,6 +17,7 @@ from voxseg.data import discover
 from voxseg.losses import build_loss, deep_supervision_loss
 from voxseg.postprocess import CANDIDATES, candidate_dice, choose_keep_largest, keep_largest
 from voxseg.prepared import cache_key, load_or_prepare
+from voxseg.regions import NON_ZERO, Region
 from voxseg.train.sampler import SamplerConfig, epoch_batches
 
 
@@ -74,18 +75,18 @@ def test_cache_is_rebuilt_when_a_setting_or_the_file_changes(kits_tiny: Path, tm
     case = discover(kits_tiny).labelled[0]
     cfg = PreprocessConfig(spacing=(2.0, 2.0, 2.0))
     cache = tmp_path / "cache"
-    first = load_or_prepare(case, cfg, None, cache)
+    first = load_or_prepare(case, cfg, NON_ZERO, cache)
     assert len(list(cache.iterdir())) == 1
-    again = load_or_prepare(case, cfg, None, cache)
+    again = load_or_prepare(case, cfg, NON_ZERO, cache)
     np.testing.assert_array_equal(first.image, again.image)
     assert len(list(cache.iterdir())) == 1  # reused
     coarser = replace(cfg, spacing=(4.0, 4.0, 4.0))
-    assert cache_key(case, coarser, None) != cache_key(case, cfg, None)
-    assert load_or_prepare(case, coarser, None, cache).image.shape != first.image.shape
-    assert cache_key(case, cfg, (2,)) != cache_key(case, cfg, None)  # another target
-    before = cache_key(case, cfg, None)
+    assert cache_key(case, coarser, NON_ZERO) != cache_key(case, cfg, NON_ZERO)
+    assert load_or_prepare(case, coarser, NON_ZERO, cache).image.shape != first.image.shape
+    assert cache_key(case, cfg, (Region("t", (2,)),)) != cache_key(case, cfg, NON_ZERO)  # another target
+    before = cache_key(case, cfg, NON_ZERO)
     os.utime(case.label, ns=(1, 1))  # the file changed (same size, other mtime)
-    assert cache_key(case, cfg, None) != before
+    assert cache_key(case, cfg, NON_ZERO) != before
 
 
 def test_deep_supervision_loss_weights_halve_per_level():
@@ -105,17 +106,23 @@ def test_deep_supervision_loss_weights_halve_per_level():
     torch.testing.assert_close(deep_supervision_loss(loss, outs[:1], target), loss(outs[0], target))
 
 
-def test_full_augmentation_is_seeded_per_sample_and_keeps_labels_binary():
+def test_full_augmentation_is_seeded_per_sample_and_keeps_labels_binary_and_nested():
     from voxseg.train.augment import augment
 
     image, label = blob_case((16, 24, 24), seed=1)
-    image, label = image.astype(np.float32) / 100, (label > 0).astype(np.float32)
-    outs = [augment(image, label, np.random.default_rng(s), (4.0, 1.0, 1.0)) for s in (1, 1, 2)]
+    image = image.astype(np.float32) / 100
+    inner = np.zeros_like(label)
+    inner[6:10, 10:14, 10:14] = 1
+    regions = np.stack([label > 0, (label > 0) & (inner > 0)]).astype(np.float32)  # nested
+    seeds = (1, 1, 2, 3, 4)
+    outs = [augment(image, regions, np.random.default_rng(s), (4.0, 1.0, 1.0)) for s in seeds]
     np.testing.assert_array_equal(outs[0][0], outs[1][0])  # same seed, same sample
     assert any(not np.array_equal(a[0], image) for a in outs)
     for aug_image, aug_label in outs:
         assert aug_image.shape == image.shape and aug_image.dtype == np.float32
+        assert aug_label.shape == regions.shape
         assert set(np.unique(aug_label)) <= {0.0, 1.0}
+        assert not (aug_label[1] > aug_label[0]).any()  # the inner region stays inside
 
 
 @pytest.mark.parametrize(("cost", "expected"), [({2: 1.0, 1: 0.6}, 1), ({2: 0.5, 1: 0.9}, 2)])

@@ -52,7 +52,11 @@ def _cases(x: np.ndarray, y: np.ndarray, prefix: str) -> list[PreparedCase]:
         label = (y[i] > 0.5).astype(np.uint8)
         out.append(
             PreparedCase(
-                f"{prefix}_{i}", x[i].astype(np.float32), label, foreground_positions(label), record
+                f"{prefix}_{i}",
+                x[i].astype(np.float32),
+                label,
+                foreground_positions(label),
+                record,
             )
         )
     return out
@@ -79,7 +83,7 @@ class FittedModel:
             )
             for v in volumes
         ]
-        return np.stack(probs)[..., None]
+        return np.moveaxis(np.stack(probs), 1, -1)  # channels last, as Keras
 
     def save(self, directory: str | Path) -> Path:
         """Write the same run folder files as `voxseg train` (weights, config, metrics, curves)."""

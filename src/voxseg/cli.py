@@ -71,6 +71,22 @@ ForegroundOpt = Annotated[
 ]
 
 
+def _parse_regions(value: str | None):
+    from voxseg.regions import parse_regions
+
+    return None if value is None else parse_regions(value)
+
+
+RegionsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--regions",
+        help="Label regions, outermost first, one network output each: 'kits' "
+        "(kidney+tumour=1,2;tumour=2), '1,2;2' or 'name=1,2;name=2'.",
+    ),
+]
+
+
 @app.command()
 @handle_errors
 def synth(
@@ -189,8 +205,8 @@ def _print_model_card(run, as_json: bool) -> None:
     lines = [
         f"model {config.model.name} {config.model.options or ''}".rstrip(),
         f"input: CT resampled to {grid}, HU window {p.window}",
-        f"post-processing: keep the {config.infer.keep_largest} largest components"
-        if config.infer.keep_largest
+        f"post-processing: keep largest components {config.infer.keep_largest} (per output)"
+        if any(config.infer.keep_largest)
         else "post-processing: none",
         *(f"{k.replace('_', ' ')}: {v}" for k, v in card.items() if v not in ("", None)),
     ]
@@ -277,6 +293,7 @@ def train(
         typer.Option("--augment", help="off, light (flips, jitter) or full (nnU-Net's kind)."),
     ] = None,
     foreground: ForegroundOpt = None,
+    region_spec: RegionsOpt = None,
     cache: Annotated[
         Path | None, typer.Option("--cache", help="Preprocessed-case cache folder.")
     ] = None,
@@ -303,9 +320,12 @@ def train(
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; choose one")
     ids = tuple(v.strip() for v in val_cases.split(",") if v.strip()) if val_cases else None
+    regions = _parse_regions(region_spec)
     given = {  # option -> the config field it sets; only options the user gave count
         "model.name": model,
         "data.foreground": _parse_foreground(foreground),
+        "data.regions": regions and tuple(r.labels for r in regions),
+        "data.region_names": regions and tuple(r.name for r in regions),
         "preprocess.shape": shape,
         "preprocess.spacing": spacing,
         "train.epochs": epochs,
@@ -423,20 +443,43 @@ def evaluate(
         Path | None, typer.Option("--out", help="metrics.json (a .csv is written beside it).")
     ] = None,
     foreground: ForegroundOpt = None,
+    region_spec: RegionsOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
-    """Dice, IoU, precision, recall, HD95, surface Dice (1/2 mm), volume difference per case."""
-    from rich.table import Table
-
-    from voxseg.evaluation import check_results, write_results
+    """Dice, IoU, precision, recall, HD95, surface Dice (1/2 mm), volume difference per case;
+    with --regions, every metric per region and the composite (KiTS19: mean of the two Dice)."""
+    from voxseg.errors import ConfigError
+    from voxseg.evaluation import check_results, evaluate_regions, write_results
     from voxseg.evaluation import evaluate as run_evaluation
 
+    regions = _parse_regions(region_spec)
+    if regions and foreground is not None:
+        raise ConfigError("give --foreground or --regions, not both")
     if out is not None:
         check_results(out, overwrite)
-    result = run_evaluation(pred, gt, foreground=_parse_foreground(foreground))
+    if regions:
+        result = evaluate_regions(pred, gt, regions)
+        for region, scored in zip(regions, result.results, strict=True):
+            _print_metrics(scored, f"{region.name}: ")
+        console.print(
+            f"composite Dice (mean of the regions' mean Dice): {result.composite_dice:.4f}"
+        )
+    else:
+        result = run_evaluation(pred, gt, foreground=_parse_foreground(foreground))
+        _print_metrics(result)
+    for note in result.notes:
+        err_console.print(f"note: {note}", highlight=False)
+    if out is not None:
+        json_path, csv_path = write_results(result, out, overwrite)
+        console.print(f"wrote {json_path} and {csv_path}")
+
+
+def _print_metrics(result, prefix: str = "") -> None:
+    from rich.table import Table
+
     rows = result.table()
     table = Table(
-        title=f"{len(result.cases)} cases; global Dice {result.global_dice:.4f}",
+        title=f"{prefix}{len(result.cases)} cases; global Dice {result.global_dice:.4f}",
         title_justify="left",
     )
     for col in rows[0]:
@@ -444,11 +487,6 @@ def evaluate(
     for row in rows[1:]:
         table.add_row(*row)
     console.print(table)
-    for note in result.notes:
-        err_console.print(f"note: {note}", highlight=False)
-    if out is not None:
-        json_path, csv_path = write_results(result, out, overwrite)
-        console.print(f"wrote {json_path} and {csv_path}")
 
 
 @app.command()
@@ -463,6 +501,7 @@ def report(
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="HTML file to write.")] = Path("report.html"),
     foreground: ForegroundOpt = None,
+    region_spec: RegionsOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
     """One self-contained HTML page: curves, metrics table, overlays (worst cases first)."""
@@ -479,6 +518,7 @@ def report(
         pred_dir=pred,
         gt=gt,
         foreground=_parse_foreground(foreground),
+        regions=_parse_regions(region_spec),
         overwrite=overwrite,
     )
     console.print(f"report: {path.resolve()}")

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from voxseg.errors import ConfigError
+from voxseg.regions import Region, check_regions
 
 Triple = tuple[float, float, float]
 IntTriple = tuple[int, int, int]
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 SEED_SHAPE: IntTriple = (128, 128, 128)
 """The original recipe's fixed input size, and the grid of whole-volume training by default."""
 
@@ -35,7 +36,8 @@ def _positive(value: Any) -> str | None:
 
 
 def _non_negative(value: Any) -> str | None:
-    return None if value >= 0 else "must be >= 0"
+    values = value if isinstance(value, tuple) else (value,)
+    return None if values and all(v >= 0 for v in values) else "must be >= 0"
 
 
 def _fraction(value: Any) -> str | None:
@@ -63,6 +65,34 @@ def _checked(default: Any, check: Check, **kw: Any) -> Any:
 class DataConfig:
     foreground: tuple[int, ...] | None = _checked(None, _positive)
     """Label values that make the binary target; None means every non-zero label."""
+    regions: tuple[tuple[int, ...], ...] = ()
+    """Region-based training: label values of each region, outermost first (KiTS:
+    ((1, 2), (2,))); the network gets one sigmoid output per region. Empty: binary target."""
+    region_names: tuple[str, ...] = ()
+    """One name per region (e.g. 'kidney+tumour', 'tumour')."""
+
+    def targets(self) -> tuple[Region, ...]:
+        """What the network's outputs segment: the regions, or the one binary target."""
+        if self.regions:
+            return tuple(Region(n, r) for n, r in zip(self.region_names, self.regions, strict=True))
+        name = "foreground" if self.foreground is None else _label_name(self.foreground)
+        return (Region(name, self.foreground),)
+
+    def check(self, source: str | None) -> None:
+        if not self.regions:
+            return
+        where = source or "--regions"
+        if self.foreground is not None:
+            raise ConfigError(f"{where}: give --foreground or --regions, not both")
+        if len(self.region_names) != len(self.regions):
+            raise ConfigError(f"{where}: data.region_names must name each of data.regions")
+        if any(not r or min(r) < 1 for r in self.regions):
+            raise ConfigError(f"{where}: every region needs positive label values")
+        check_regions(self.targets(), where)
+
+
+def _label_name(values: tuple[int, ...]) -> str:
+    return ("label " if len(values) == 1 else "labels ") + ",".join(map(str, values))
 
 
 @dataclass(frozen=True)
@@ -141,8 +171,9 @@ class InferConfig:
     """Sliding-window overlap (fraction of the window)."""
     tta: bool = False
     """Mirror test-time augmentation."""
-    keep_largest: int = _checked(0, _non_negative)
-    """Keep only the N largest connected components (0: keep all)."""
+    keep_largest: tuple[int, ...] = _checked((0,), _non_negative)
+    """Per output, keep only the N largest connected components (0: keep all); one value
+    applies to every output."""
     threshold: float = _checked(0.5, _open_unit)
 
 
@@ -166,6 +197,8 @@ class ModelCard:
     """What the model segments, in words."""
     val_dice: float | None = None
     """Mean validation Dice of the kept weights (None without validation)."""
+    val_region_dice: tuple[float, ...] = ()
+    """Per region (model output), the validation Dice of the kept weights."""
     epochs: int = 0
     trained_minutes: float = 0.0
 
@@ -204,6 +237,7 @@ class RunConfig:
                 problem = check(v) if check is not None and v is not None else None
                 if problem:
                     raise _field_error(source, section, f.name, v, problem)
+        self.data.check(source)
         p = self.preprocess
         if not complete:
             return self
@@ -260,18 +294,21 @@ class RunConfig:
             raise ConfigError(
                 f"{path}: cannot read configuration ({exc}); retrain or restore it"
             ) from exc
-        if not isinstance(d, dict) or d.get("version") not in (1, CONFIG_VERSION):
+        if not isinstance(d, dict) or d.get("version") not in (1, 2, CONFIG_VERSION):
             raise ConfigError(f"{path}: not a voxseg v{CONFIG_VERSION} configuration")
         return cls.from_dict(_upgrade(d), source=str(path))
 
 
 def _upgrade(d: dict) -> dict:
-    """Version 1 borrowed the sliding window from the training patch and had num_workers."""
-    if d.get("version") != 1:
+    """Version 1 borrowed the sliding window from the training patch and had num_workers;
+    versions 1-2 had one keep_largest for the one output."""
+    if d.get("version") == CONFIG_VERSION:
         return d
     d = json.loads(json.dumps(d))
     train, infer = d.get("train", {}), d.setdefault("infer", {})
-    if isinstance(train, dict):
+    if isinstance(infer, dict) and isinstance(infer.get("keep_largest"), int):
+        infer["keep_largest"] = [infer["keep_largest"]]
+    if d.get("version") == 1 and isinstance(train, dict):
         train.pop("num_workers", None)
         if isinstance(train.get("augment"), bool):
             train["augment"] = "light" if train["augment"] else "off"

@@ -1,7 +1,8 @@
 """Score predicted masks against ground truth: per case, summarised, and over summed counts.
 
 Predictions are a folder of masks named ``<case_id>`` + an image suffix (or one mask file);
-a voxel is foreground when its value is > 0. Ground truth is a folder of masks named the
+a voxel is foreground when its value is > 0, or, scored per region (`evaluate_regions`),
+when its label value is one of the region's. Ground truth is a folder of masks named the
 same way, one mask file, or a labelled dataset in any layout `voxseg.data.discover` knows.
 Surface metrics use the ground truth's spacing; definitions are in `voxseg.metrics`.
 """
@@ -33,6 +34,7 @@ from voxseg.metrics import (
     iou,
 )
 from voxseg.progress import ProgressFn, Step, ignore
+from voxseg.regions import Region
 
 METRICS = tuple(f.name for f in fields(CaseMetrics) if f.name != "case_id")
 
@@ -164,17 +166,24 @@ def check_results(out: str | Path, overwrite: bool) -> None:
 
 
 def write_results(
-    result: EvaluationResult, out: str | Path, overwrite: bool = False
+    result: EvaluationResult | RegionsResult, out: str | Path, overwrite: bool = False
 ) -> tuple[Path, Path]:
-    """`out` as JSON and the per-case table beside it as CSV (same stem); both atomic."""
+    """`out` as JSON and the per-case table beside it as CSV (same stem, a `region` column
+    when scored per region); both atomic."""
     check_results(out, overwrite)
     out, csv_path = result_paths(out)
     # allow_nan=False: a stray inf/NaN fails here instead of writing invalid JSON.
     write_text(out, json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(f.name for f in fields(CaseMetrics))
-    writer.writerows(astuple(c) for c in result.cases)
+    names = [f.name for f in fields(CaseMetrics)]
+    if isinstance(result, RegionsResult):
+        writer.writerow(["region", *names])
+        for region, r in zip(result.regions, result.results, strict=True):
+            writer.writerows((region.name, *astuple(c)) for c in r.cases)
+    else:
+        writer.writerow(names)
+        writer.writerows(astuple(c) for c in result.cases)
     write_text(csv_path, buf.getvalue())
     return out, csv_path
 
@@ -257,6 +266,18 @@ def _check_same_grid(pair: CasePair, pred: Geometry, gt: Geometry) -> None:
         )
 
 
+def _result(cases: list[CaseMetrics], totals: ConfusionCounts, notes, pairs) -> EvaluationResult:
+    summary = {m: summarise([getattr(c, m) for c in cases]) for m in METRICS}
+    return EvaluationResult(tuple(cases), summary, totals, tuple(notes), tuple(pairs))
+
+
+def _read_pair(pair: CasePair) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    pred_array, pred_geom = read_image(pair.pred)
+    gt_array, gt_geom = read_image(pair.gt)
+    _check_same_grid(pair, pred_geom, gt_geom)
+    return pred_array, gt_array, gt_geom
+
+
 def evaluate(
     pred: str | Path,
     gt: str | Path,
@@ -264,13 +285,12 @@ def evaluate(
     foreground: tuple[int, ...] | None = None,
     on_progress: ProgressFn = ignore,
 ) -> EvaluationResult:
-    """Score every ground-truth case against its prediction."""
+    """Score every ground-truth case against its prediction (a voxel of the prediction is
+    foreground when its value is > 0)."""
     pairs, notes = pair_cases(Path(pred), Path(gt))
     cases, totals = [], ConfusionCounts(0, 0, 0, 0)
     for pair in pairs:
-        pred_array, pred_geom = read_image(pair.pred)
-        gt_array, gt_geom = read_image(pair.gt)
-        _check_same_grid(pair, pred_geom, gt_geom)
+        pred_array, gt_array, gt_geom = _read_pair(pair)
         pred_mask = pred_array > 0
         gt_mask = binary_target(gt_array, foreground).astype(bool)
         totals = totals + ConfusionCounts.from_masks(pred_mask, gt_mask)
@@ -282,5 +302,93 @@ def evaluate(
             f"{gt}: the ground truth has no voxel of the target ({target}) in any of "
             f"{len(cases)} cases: there is nothing to score; check --foreground and the labels"
         )
-    summary = {m: summarise([getattr(c, m) for c in cases]) for m in METRICS}
-    return EvaluationResult(tuple(cases), summary, totals, tuple(notes), tuple(pairs))
+    return _result(cases, totals, notes, pairs)
+
+
+@dataclass(frozen=True)
+class RegionsResult:
+    """Every metric per region (a label map scored region by region, as KiTS19 does)."""
+
+    regions: tuple[Region, ...]
+    results: tuple[EvaluationResult, ...]
+    """One result per region, same order."""
+
+    @property
+    def composite_dice(self) -> float:
+        """Mean over regions of the mean Dice over cases: KiTS19's ranking score."""
+        return float(np.mean([r.summary["dice"].mean for r in self.results]))
+
+    def case_composite(self) -> dict[str, float]:
+        """Per case, the mean of its region Dice scores."""
+        per_region = [{c.case_id: c.dice for c in r.cases} for r in self.results]
+        return {k: float(np.mean([d[k] for d in per_region])) for k in per_region[0]}
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self.results[0].notes
+
+    @property
+    def pairs(self) -> tuple[CasePair, ...]:
+        return self.results[0].pairs
+
+    def to_dict(self) -> dict:
+        regions = []
+        for region, result in zip(self.regions, self.results, strict=True):
+            d = result.to_dict()
+            del d["definitions"], d["notes"]
+            regions.append({"name": region.name, "labels": region.labels, **d})
+        return {
+            "definitions": {**DEFINITIONS, **REGION_DEFINITIONS},
+            "n_cases": len(self.results[0].cases),
+            "composite_dice": self.composite_dice,
+            "case_composite_dice": self.case_composite(),
+            "regions": regions,
+            "notes": list(self.notes),
+        }
+
+
+REGION_DEFINITIONS = {
+    "foreground": "per region: prediction and ground truth voxels whose label value is one of "
+    "the region's values",
+    "composite_dice": "mean over regions of the mean Dice over cases (KiTS19: kidney+tumour "
+    "and tumour)",
+    "case_composite_dice": "per case, the mean of its region Dice scores",
+}
+
+
+def evaluate_regions(
+    pred: str | Path,
+    gt: str | Path,
+    regions: tuple[Region, ...],
+    *,
+    on_progress: ProgressFn = ignore,
+) -> RegionsResult:
+    """Score label-map predictions region by region against label-map ground truth."""
+    pairs, notes = pair_cases(Path(pred), Path(gt))
+    cases = [[] for _ in regions]
+    totals = [ConfusionCounts(0, 0, 0, 0) for _ in regions]
+    highest = 0
+    for i, pair in enumerate(pairs, start=1):
+        pred_array, gt_array, gt_geom = _read_pair(pair)
+        highest = max(highest, int(pred_array.max(initial=0)))
+        for r, region in enumerate(regions):
+            pred_mask, gt_mask = region.mask(pred_array), region.mask(gt_array)
+            totals[r] = totals[r] + ConfusionCounts.from_masks(pred_mask, gt_mask)
+            cases[r].append(case_metrics(pair.case_id, pred_mask, gt_mask, gt_geom.spacing))
+        on_progress(Step("evaluating", i, len(pairs), pair.case_id))
+    unreachable = [r.name for r in regions if r.labels is not None and 1 not in r.labels]
+    if highest <= 1 and unreachable:
+        raise InputError(
+            f"{pred}: holds binary masks (values 0 and 1 only), but region {unreachable[0]!r} "
+            "needs other label values; score a binary model without --regions (with "
+            "--foreground), or predict with a model trained with --regions"
+        )
+    for region, t in zip(regions, totals, strict=True):
+        if t.tp + t.fn == 0:
+            raise InputError(
+                f"{gt}: the ground truth has no voxel of region {region.name!r} in any of "
+                f"{len(pairs)} cases; check --regions against the label values"
+            )
+    return RegionsResult(
+        regions, tuple(_result(c, t, notes, pairs) for c, t in zip(cases, totals, strict=True))
+    )

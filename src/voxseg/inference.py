@@ -41,7 +41,8 @@ def predict_probabilities(
     pad_value: float = 0.0,
     sw_batch_size: int = 1,
 ) -> np.ndarray:
-    """Foreground probabilities (float32) on the network grid of `net_input` (D, H, W).
+    """Probabilities (C, D, H, W) float32 on the network grid of `net_input` (D, H, W), one
+    channel per model output (C = 1 for a binary model).
 
     `window` is the sliding-window size; None runs the whole volume at once, padded to the
     model's size divisor.
@@ -59,7 +60,7 @@ def predict_probabilities(
             out = model(t)
         return (out[0] if isinstance(out, list | tuple) else out).float()
 
-    total = torch.zeros_like(x)
+    total = None
     for dims in _flips(tta):
         xi = torch.flip(x, dims) if dims else x
         if window is None:
@@ -78,5 +79,6 @@ def predict_probabilities(
                 padding_mode="constant",
                 cval=pad_value,
             )
-        total += torch.flip(prob, dims) if dims else prob
-    return (total / len(_flips(tta)))[0, 0].cpu().numpy()
+        prob = torch.flip(prob, dims) if dims else prob
+        total = prob if total is None else total + prob
+    return (total / len(_flips(tta)))[0].cpu().numpy()

@@ -7,13 +7,29 @@ import torch
 from torch import nn
 
 
+class DiceBCE(nn.Module):
+    """Sigmoid Dice (per channel, over the batch) plus binary cross-entropy, one term each.
+
+    MONAI's DiceCELoss switches to softmax cross-entropy when there is more than one channel;
+    regions are independent sigmoids (they overlap), so each output needs BCE.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        from monai.losses import DiceLoss
+
+        self.dice = DiceLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.dice(logits, target) + self.bce(logits, target)
+
+
 def build_loss(name: str) -> nn.Module:
     if name == "bce":
         return nn.BCEWithLogitsLoss()
     if name == "dice_bce":
-        from monai.losses import DiceCELoss
-
-        return DiceCELoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        return DiceBCE()
     from voxseg.errors import ConfigError
 
     raise ConfigError(f"unknown loss {name!r}; choose bce or dice_bce")

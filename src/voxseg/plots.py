@@ -22,6 +22,9 @@ HU_WINDOW = (-160.0, 240.0)
 """Soft-tissue window for the CT under the overlays."""
 GT_COLOUR = "#22c55e"
 PRED_COLOUR = "#e800e8"
+REGION_COLOURS = ("#22c55e", "#f97316", "#38bdf8", "#e800e8", "#facc15")
+"""One colour per region (kidney+tumour green, tumour orange, ...)."""
+REGION_COLOUR_NAMES = ("green", "orange", "blue", "magenta", "yellow")
 
 
 def _figure(width: float, height: float, dpi: int):
@@ -112,40 +115,58 @@ def overlay_png(
     pred: np.ndarray,
     spacing: Sequence[float],
     title: str,
+    regions: Sequence[str] = (),
 ) -> bytes:
     """Axial, coronal and sagittal slices with ground truth and prediction outlined, as PNG.
 
     All arrays are canonical (superior, posterior, left) and `spacing` is in that order;
-    `image` is CT in HU, or None to draw the masks on grey. Slices go through the most
-    foreground of ground truth or prediction in each view.
+    `image` is CT in HU, or None to draw the masks on grey. With `regions` (their names),
+    `gt` and `pred` are (R, ...) masks, each region in its own colour: ground truth solid,
+    prediction dashed. Slices go through the most foreground of ground truth or prediction.
     """
     from matplotlib.lines import Line2D
 
     gt, pred = np.asarray(gt, bool), np.asarray(pred, bool)
-    if gt.shape != pred.shape or (image is not None and image.shape != gt.shape):
+    if not regions:
+        gt, pred = gt[None], pred[None]
+    if gt.shape != pred.shape or (image is not None and image.shape != gt.shape[1:]):
         raise ValueError(
             f"shapes differ: image {None if image is None else image.shape}, "
             f"gt {gt.shape}, pred {pred.shape}"
         )
-    index = best_slices(gt | pred)
-    fig = _figure(9, 3.4, 80)
+    if regions:  # colour = region, line style = truth (solid) or prediction (dashed)
+        colours = [REGION_COLOURS[r % len(REGION_COLOURS)] for r in range(len(regions))]
+        layers = [(gt[r], c, 2.2, "solid") for r, c in enumerate(colours)]
+        layers += [(pred[r], c, 1.2, "dashed") for r, c in enumerate(colours)]
+        labels = [f"{n} {kind}" for kind in ("truth", "prediction") for n in regions]
+    else:  # ground truth wider and underneath, so a perfect prediction still shows both
+        layers = [(gt[0], GT_COLOUR, 2.6, "solid"), (pred[0], PRED_COLOUR, 1.1, "solid")]
+        labels = ["ground truth", "prediction"]
+    shape = gt.shape[1:]
+    index = best_slices(gt[0] | pred[0])
+    fig = _figure(9, 3.4 + 0.25 * (len(labels) > 2), 80)
     for ax, (name, axis, _, row_axis, col_axis, letters) in zip(
         fig.subplots(1, 3), _VIEWS, strict=True
     ):
         if image is None:
-            background = np.full(gt.shape[:axis] + gt.shape[axis + 1 :], 0.5)
+            background = np.full(shape[:axis] + shape[axis + 1 :], 0.5)
             ax.imshow(background, cmap="gray", vmin=0, vmax=1)
         else:
             plane = view_slice(image, name, index[axis]).astype(np.float32)
             ax.imshow(plane, cmap="gray", vmin=HU_WINDOW[0], vmax=HU_WINDOW[1])
-        # Ground truth wider and underneath, so a perfect prediction still shows both colours.
-        for mask, colour, width in ((gt, GT_COLOUR, 2.6), (pred, PRED_COLOUR, 1.1)):
+        for mask, colour, width, style in layers:
             plane = view_slice(mask, name, index[axis])
             if plane.any() and not plane.all():  # contour() warns on a constant plane
-                ax.contour(plane.astype(np.float32), levels=[0.5], colors=colour, linewidths=width)
+                ax.contour(
+                    plane.astype(np.float32),
+                    levels=[0.5],
+                    colors=colour,
+                    linewidths=width,
+                    linestyles=style,
+                )
         # Physical proportions: one row is spacing[row] mm tall, one column spacing[col] wide.
         ax.set_aspect(spacing[row_axis] / spacing[col_axis])
-        ax.set_title(f"{name} {index[axis] + 1}/{gt.shape[axis]}", fontsize=9)
+        ax.set_title(f"{name} {index[axis] + 1}/{shape[axis]}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
         for letter, (x, y) in zip(
@@ -161,15 +182,15 @@ def overlay_png(
                 ha="center",
                 va="center",
             )
-    handles = [Line2D([], [], color=GT_COLOUR, lw=2.6), Line2D([], [], color=PRED_COLOUR, lw=1.1)]
+    handles = [Line2D([], [], color=c, lw=w, linestyle=s) for _, c, w, s in layers]
     fig.legend(
         handles,
-        ["ground truth", "prediction"],
+        labels,
         loc="lower center",
-        ncol=2,
+        ncol=min(len(labels), 4 if len(labels) > 2 else 2),
         frameon=False,
         fontsize=9,
     )
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.07 + 0.05 * (len(labels) > 4), 1, 0.95))
     return png_bytes(fig)

@@ -7,6 +7,7 @@ the input's shape, spacing, origin, direction and array axis order.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from voxseg.inference import predict_probabilities
 from voxseg.postprocess import keep_largest
 from voxseg.preprocess import preprocess_image, restore, restore_probabilities
 from voxseg.progress import ProgressFn, Step, ignore
+from voxseg.regions import label_map
 from voxseg.run_folder import RunFolder
 from voxseg.runtime import autocast_dtype, resolve_device
 
@@ -50,10 +52,12 @@ class Predictor:
 class Prediction:
     case_id: str
     mask: np.ndarray | None
-    """uint8 {0, 1}, the source file's array layout; None when the case was skipped."""
+    """uint8 in the source file's array layout: {0, 1} from a binary model, a label map from
+    a region model (KiTS: 1 kidney, 2 tumour); None when the case was skipped."""
     geometry: Geometry
     """The source file's geometry (write the mask with it)."""
     probabilities: np.ndarray | None = None
+    """float32, (D, H, W) from a binary model, (R, D, H, W) from a region model."""
     path: Path | None = None
     skipped: bool = False
     """The output already existed on the input's grid and was kept (a rerun)."""
@@ -79,9 +83,12 @@ def infer_settings(
     *,
     tta: bool = False,
     overlap: float | None = None,
-    keep_largest: int | None = None,
+    keep_largest: int | tuple[int, ...] | None = None,
 ) -> InferConfig:
-    """The run's inference settings with the user's choices, checked like any setting."""
+    """The run's inference settings with the user's choices, checked like any setting.
+    One `keep_largest` applies to every output."""
+    if isinstance(keep_largest, int):
+        keep_largest = (keep_largest,)
     given = {"infer.tta": tta, "infer.overlap": overlap, "infer.keep_largest": keep_largest}
     return config.override({k: v for k, v in given.items() if v is not None}).infer
 
@@ -94,9 +101,10 @@ def predict_image(
     *,
     with_probabilities: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Mask (and optionally probabilities) on `geometry` for one scan in HU."""
+    """Mask or label map (and optionally probabilities) on `geometry` for one scan in HU."""
     cfg = predictor.config
     infer = infer or cfg.infer
+    regions = cfg.data.targets()
     net_input, record = preprocess_image(image, geometry, cfg.preprocess)
     prob = predict_probabilities(  # a volume smaller than the window is padded by it
         predictor.model,
@@ -109,12 +117,22 @@ def predict_image(
         pad_value=cfg.preprocess.pad_value,
     )
     del net_input
-    if infer.keep_largest:
-        prob = np.where(
-            keep_largest(prob >= infer.threshold, infer.keep_largest), prob, 0.0
-        ).astype(np.float32)
-    mask = restore(prob, record, infer.threshold).astype(np.uint8)
-    probs = restore_probabilities(prob, record) if with_probabilities else None
+    keep = infer.keep_largest * len(regions) if len(infer.keep_largest) == 1 else infer.keep_largest
+    if len(keep) != len(prob):
+        raise InputError(
+            f"keep_largest {infer.keep_largest} does not match the model's {len(prob)} outputs; "
+            "give one value or one per region"
+        )
+    masks = []
+    for channel, n in zip(prob, keep, strict=True):
+        if n:
+            channel[...] = np.where(keep_largest(channel >= infer.threshold, n), channel, 0.0)
+        masks.append(restore(channel, record, infer.threshold))
+    mask = label_map(np.stack(masks), regions) if cfg.data.regions else masks[0]
+    probs = None
+    if with_probabilities:
+        probs = np.stack([restore_probabilities(channel, record) for channel in prob])
+        probs = probs if cfg.data.regions else probs[0]
     return mask, probs
 
 
@@ -130,11 +148,19 @@ def output_paths(input_path: Path, output: Path, cases: list[Case], single: bool
     return [output / f"{c.case_id}.nii.gz" for c in cases]
 
 
-def probability_path(mask_path: Path) -> Path:
-    """Where the probabilities go beside a mask: `m.nii.gz` -> `m_prob.nii.gz`, `m.nrrd` ->
-    `m_prob.nrrd` (never the mask's own name)."""
+def probability_path(mask_path: Path, region: str | None = None) -> Path:
+    """Where probabilities go beside a mask: `m.nii.gz` -> `m_prob.nii.gz`, `m.nrrd` ->
+    `m_prob.nrrd` (never the mask's own name); a region's: `m_prob_kidney_tumour.nii.gz`."""
     stem = image_stem(mask_path)
-    return mask_path.with_name(f"{stem}_prob{mask_path.name[len(stem) :] or '.nii.gz'}")
+    tag = "_prob" if region is None else "_prob_" + re.sub(r"[^A-Za-z0-9]+", "_", region).strip("_")
+    return mask_path.with_name(f"{stem}{tag}{mask_path.name[len(stem) :] or '.nii.gz'}")
+
+
+def probability_paths(mask_path: Path, config: RunConfig) -> list[Path]:
+    """One probability file per model output."""
+    if not config.data.regions:
+        return [probability_path(mask_path)]
+    return [probability_path(mask_path, r.name) for r in config.data.targets()]
 
 
 def _refuse_writing_over_inputs(cases: list[Case], outputs: list[Path]) -> None:
@@ -175,6 +201,7 @@ def iter_predictions(
     (a rerun after a crash finishes the rest) and yielded with `skipped`; `overwrite` redoes
     them.
     """
+    config = predictor.config
     dataset = discover(input_path)
     cases = list(dataset.cases)
     single = dataset.layout == "file"
@@ -184,7 +211,7 @@ def iter_predictions(
         else [None] * len(cases)
     )
     if output is not None:
-        extra = [probability_path(p) for p in paths] if probabilities else []
+        extra = [q for p in paths for q in probability_paths(p, config)] if probabilities else []
         _refuse_writing_over_inputs(cases, [*paths, *extra])
         if single:
             for path in [paths[0], *extra]:
@@ -194,7 +221,9 @@ def iter_predictions(
     for i, (case, path) in enumerate(mine, start=1):
         info = read_info(case.image)
         done = path is not None and path.exists() and not overwrite and not single
-        done = done and (not probabilities or probability_path(path).exists())
+        done = done and (
+            not probabilities or all(q.exists() for q in probability_paths(path, config))
+        )
         if done and _is_complete(path, info.geometry):
             on_progress(Step("predicting", i, len(mine), f"{case.case_id} exists, kept"))
             yield Prediction(case.case_id, None, info.geometry, path=path, skipped=True)
@@ -209,7 +238,9 @@ def iter_predictions(
             remove_stale_parts(path.parent, path.name)  # this case's leftovers from a crash
             write_mask(path, mask, geometry, overwrite=True)
             if probs is not None:
-                write_image(probability_path(path), probs, geometry, overwrite=True)
+                channels = probs if config.data.regions else probs[None]
+                for q, channel in zip(probability_paths(path, config), channels, strict=True):
+                    write_image(q, channel, geometry, overwrite=True)
         on_progress(Step("predicting", i, len(mine), case.case_id))
         yield Prediction(case.case_id, mask, geometry, probs, path)
 

@@ -24,10 +24,11 @@ from voxseg.data.discovery import Case
 from voxseg.data.guards import check_memory
 from voxseg.data.io import read_image, read_info
 from voxseg.preprocess import PreprocessRecord, preprocess_image, preprocess_label
+from voxseg.regions import Region, target_values
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 MAX_FG_SAMPLES = 20_000
-"""Foreground voxel positions kept per case for foreground-centred patch sampling."""
+"""Foreground voxel positions kept per case and region for foreground-centred sampling."""
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,9 @@ class PreparedCase:
     image: np.ndarray
     """Normalised float32 network input, canonical layout (memory-mapped when cached)."""
     label: np.ndarray
-    """Binary uint8 target on the same grid."""
-    foreground: np.ndarray
-    """(n, 3) int32 positions of (a sample of) foreground voxels."""
+    """uint8 region bit mask on the same grid ({0, 1} for a binary target)."""
+    foreground: tuple[np.ndarray, ...]
+    """Per region, (n, 3) int32 positions of (a sample of) its voxels."""
     record: PreprocessRecord
 
 
@@ -56,30 +57,35 @@ def _identity(path: Path) -> dict:
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def cache_key(case: Case, cfg: PreprocessConfig, foreground: tuple[int, ...] | None) -> str:
+def cache_key(case: Case, cfg: PreprocessConfig, regions: tuple[Region, ...]) -> str:
     blob = json.dumps(
         {
             "v": CACHE_VERSION,
             "image": _identity(case.image),
             "label": _identity(case.label) if case.label else None,
             "preprocess": asdict(cfg),
-            "foreground": foreground,
+            "regions": [asdict(r) for r in regions],
         },
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def foreground_positions(label: np.ndarray, seed: int = 0) -> np.ndarray:
-    pos = np.argwhere(label > 0).astype(np.int32)
-    if len(pos) > MAX_FG_SAMPLES:
-        pos = pos[np.random.default_rng(seed).choice(len(pos), MAX_FG_SAMPLES, replace=False)]
-    return pos
+def foreground_positions(
+    target: np.ndarray, n_regions: int = 1, seed: int = 0
+) -> tuple[np.ndarray, ...]:
+    """Per region (bit of `target`), a sample of its voxel positions."""
+    out = []
+    for bit in range(n_regions):
+        pos = np.argwhere(target & (1 << bit)).astype(np.int32)
+        if len(pos) > MAX_FG_SAMPLES:
+            rng = np.random.default_rng(seed)
+            pos = pos[rng.choice(len(pos), MAX_FG_SAMPLES, replace=False)]
+        out.append(pos)
+    return tuple(out)
 
 
-def prepare_case(
-    case: Case, cfg: PreprocessConfig, foreground: tuple[int, ...] | None
-) -> PreparedCase:
+def prepare_case(case: Case, cfg: PreprocessConfig, regions: tuple[Region, ...]) -> PreparedCase:
     """Read, check and preprocess one labelled case (no cache)."""
     if case.label is None:
         raise ValueError(f"{case.case_id}: prepare_case needs a labelled case")
@@ -87,29 +93,30 @@ def prepare_case(
     image, geometry = read_image(case.image)
     label, lgeom = read_image(case.label)
     check_pair(geometry, lgeom, case.image, case.label)
-    label_values(label, case.label, foreground)
+    label_values(label, case.label, target_values(regions))
     net_input, record = preprocess_image(image, geometry, cfg)
     del image
-    target = preprocess_label(label, record, foreground)
-    return PreparedCase(case.case_id, net_input, target, foreground_positions(target), record)
+    target = preprocess_label(label, record, regions)
+    positions = foreground_positions(target, len(regions))
+    return PreparedCase(case.case_id, net_input, target, positions, record)
 
 
 def load_or_prepare(
     case: Case,
     cfg: PreprocessConfig,
-    foreground: tuple[int, ...] | None,
+    regions: tuple[Region, ...],
     cache_dir: Path | None,
 ) -> PreparedCase:
     """The cached case if present, else prepare it (and store it when `cache_dir` is set)."""
     if cache_dir is None:
-        return prepare_case(case, cfg, foreground)
-    entry = Path(cache_dir) / f"{case.case_id}-{cache_key(case, cfg, foreground)}"
+        return prepare_case(case, cfg, regions)
+    entry = Path(cache_dir) / f"{case.case_id}-{cache_key(case, cfg, regions)}"
     if (entry / "record.json").is_file():
         try:
             return _load(entry, case.case_id)
         except (OSError, ValueError, KeyError):
             shutil.rmtree(entry, ignore_errors=True)  # damaged entry: rebuild it
-    prepared = prepare_case(case, cfg, foreground)
+    prepared = prepare_case(case, cfg, regions)
     _store(prepared, entry)
     return _load(entry, case.case_id)
 
@@ -120,7 +127,8 @@ def _store(prepared: PreparedCase, entry: Path) -> None:
     try:
         np.save(tmp / "image.npy", np.ascontiguousarray(prepared.image, dtype=np.float32))
         np.save(tmp / "label.npy", np.ascontiguousarray(prepared.label, dtype=np.uint8))
-        np.save(tmp / "foreground.npy", prepared.foreground)
+        for r, positions in enumerate(prepared.foreground):
+            np.save(tmp / f"foreground-{r}.npy", positions)
         (tmp / "record.json").write_text(json.dumps(prepared.record.to_dict()))
         try:
             os.replace(tmp, entry)
@@ -139,4 +147,9 @@ def _load(entry: Path, case_id: str) -> PreparedCase:
     label = np.load(entry / "label.npy", mmap_mode="r")
     if image.shape != record.shape or label.shape != record.shape:
         raise ValueError("cache entry does not match its record")
-    return PreparedCase(case_id, image, label, np.load(entry / "foreground.npy"), record)
+    positions = []
+    while (entry / f"foreground-{len(positions)}.npy").is_file():
+        positions.append(np.load(entry / f"foreground-{len(positions)}.npy"))
+    if not positions:
+        raise ValueError("cache entry has no foreground positions")
+    return PreparedCase(case_id, image, label, tuple(positions), record)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from voxseg.config import PreprocessConfig
-from voxseg.data.checks import binary_target
 from voxseg.geometry import Geometry, Reorientation, Shape3, Vec3
+from voxseg.regions import Region, encode
 
 BODY_HU = -500.0
 """Voxels above this HU count as body when cropping (air is about -1000, fat -100)."""
@@ -231,13 +231,21 @@ def preprocess_image(
 
 
 def preprocess_label(
-    label: np.ndarray, record: PreprocessRecord, foreground: tuple[int, ...] | None
+    label: np.ndarray, record: PreprocessRecord, regions: tuple[Region, ...]
 ) -> np.ndarray:
-    """Label map -> binary uint8 target on the network grid (linear resize, threshold 0.5)."""
-    target = binary_target(_crop(record.reorientation.apply(label), record.crop), foreground)
-    if target.shape == record.shape:
-        return target
-    return (resize(target, record.shape) >= 0.5).astype(np.uint8)
+    """Label map -> uint8 region bit mask on the network grid ({0, 1} for one region).
+
+    Each region is resized linearly and thresholded at 0.5; interpolation is monotone, so
+    nested regions stay nested.
+    """
+    cropped = _crop(record.reorientation.apply(label), record.crop)
+    if cropped.shape == record.shape:
+        return encode(cropped, regions)
+    target = np.zeros(record.shape, dtype=np.uint8)
+    for bit, region in enumerate(regions):
+        inside = resize(region.mask(cropped).astype(np.uint8), record.shape, threshold=0.5)
+        target |= inside.astype(np.uint8) << bit
+    return target
 
 
 def restore(

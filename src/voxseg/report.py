@@ -13,16 +13,22 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
 from voxseg.atomic import write_text
 from voxseg.config import RunConfig
 from voxseg.errors import ConfigError, InputError
-from voxseg.evaluation import CasePair, EvaluationResult
-from voxseg.plots import HU_WINDOW, curves_figure, overlay_png, png_bytes
+from voxseg.evaluation import CasePair, EvaluationResult, RegionsResult
+from voxseg.plots import HU_WINDOW, REGION_COLOUR_NAMES, curves_figure, overlay_png, png_bytes
+from voxseg.regions import Region, describe
 from voxseg.run_folder import RunFolder, TrainState
 
 
-def _case_overlay(files: CasePair, foreground: tuple[int, ...] | None, title: str) -> bytes:
-    from voxseg.data.checks import binary_target
+def _case_overlay(
+    files: CasePair, regions: tuple[Region, ...], title: str, label_map: bool = False
+) -> bytes:
+    """The overlay of one case; `label_map`: the prediction holds region label values (else
+    any value > 0 is the one target)."""
     from voxseg.data.io import read_image
     from voxseg.geometry import Reorientation
 
@@ -34,12 +40,18 @@ def _case_overlay(files: CasePair, foreground: tuple[int, ...] | None, title: st
         image = ct if ct.shape == gt.shape else None  # a mismatched CT is shown as grey
     to_canonical = Reorientation.to_canonical(geometry)
     spacing = tuple(geometry.spacing[a] for a in to_canonical.axes)
+    gt_masks = np.stack([to_canonical.apply(r.mask(gt)) for r in regions])
+    if label_map:
+        pred_masks = np.stack([to_canonical.apply(r.mask(pred)) for r in regions])
+    else:
+        pred_masks = to_canonical.apply(pred > 0)[None]
     return overlay_png(
         None if image is None else to_canonical.apply(image),
-        to_canonical.apply(binary_target(gt, foreground).astype(bool)),
-        to_canonical.apply(pred > 0),
+        gt_masks if label_map else gt_masks[0],
+        pred_masks if label_map else pred_masks[0],
         spacing,
         title,
+        regions=tuple(r.name for r in regions) if label_map else (),
     )
 
 
@@ -107,11 +119,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], classes=()) -> 
 def _run_facts(config: RunConfig, state: TrainState | None) -> list[tuple[str, str]]:
     p, t = config.preprocess, config.train
     grid = f"shape {p.shape}" if p.mode == "shape" else f"spacing {p.spacing} mm"
-    target = (
-        "every non-zero label"
-        if config.data.foreground is None
-        else ("labels " + ", ".join(map(str, config.data.foreground)))
-    )
+    target = describe(config.data.targets())
     facts = [
         ("model", f"{config.model.name} {config.model.options or ''}".strip()),
         ("target", target),
@@ -138,6 +146,10 @@ def _run_facts(config: RunConfig, state: TrainState | None) -> list[tuple[str, s
             facts.append(
                 ("best validation Dice", f"{state.best_dice:.4f} at epoch {state.best_epoch}")
             )
+            if len(state.best_region_dice) > 1:
+                names = [r.name for r in config.data.targets()]
+                per_region = zip(names, state.best_region_dice, strict=True)
+                facts.append(("per region", ", ".join(f"{n} {d:.4f}" for n, d in per_region)))
         facts.append(("epochs completed", str(state.epoch)))
         if state.stopped:
             facts.append(("stopped", state.stopped))
@@ -167,14 +179,7 @@ def _run_section(run: RunFolder) -> list[str]:
 
 
 def _evaluation_section(result: EvaluationResult, foreground, max_cases: int) -> list[str]:
-    summary_rows = [
-        (
-            label,
-            *(_num(getattr(result.summary[key], s), fmt) for s in ("mean", "median", "std")),
-            str(result.summary[key].excluded),
-        )
-        for key, label, fmt in _CASE_COLUMNS
-    ]
+    summary_rows = _summary_rows(result)
     worst_first = sorted(result.cases, key=lambda c: (c.dice, c.case_id))
     case_rows = [
         (c.case_id, *(_num(getattr(c, k), fmt) for k, _, fmt in _CASE_COLUMNS)) for c in worst_first
@@ -202,8 +207,80 @@ def _evaluation_section(result: EvaluationResult, foreground, max_cases: int) ->
         parts.append(f'<section class="case" id="case-{_e(case.case_id)}">')
         if source.image is None:
             parts.append(f'<p class="muted">{_e(case.case_id)}: no CT image, masks on grey.</p>')
-        png = _case_overlay(source, foreground, f"{case.case_id}: Dice {case.dice:.3f}")
+        target = (Region("", foreground),)
+        png = _case_overlay(source, target, f"{case.case_id}: Dice {case.dice:.3f}")
         parts.append(_img(png, f"overlay {case.case_id}") + "</section>")
+    hidden = len(worst_first) - max_cases
+    if hidden > 0:
+        parts.append(
+            f'<p class="muted">{hidden} better cases not shown (max_cases={max_cases}).</p>'
+        )
+    return parts
+
+
+def _summary_rows(result: EvaluationResult) -> list[tuple[str, ...]]:
+    return [
+        (
+            label,
+            *(_num(getattr(result.summary[key], s), fmt) for s in ("mean", "median", "std")),
+            str(result.summary[key].excluded),
+        )
+        for key, label, fmt in _CASE_COLUMNS
+    ]
+
+
+def _regions_section(result: RegionsResult, max_cases: int) -> list[str]:
+    """Per-region tables, the composite, and overlays with one colour per region."""
+    names = [r.name for r in result.regions]
+    composite = result.case_composite()
+    by_region = [{c.case_id: c for c in r.cases} for r in result.results]
+    worst_first = sorted(composite, key=lambda k: (composite[k], k))
+    parts = [
+        f"<h2>Evaluation per region ({len(composite)} cases)</h2>",
+        f"<p><b>Composite Dice {result.composite_dice:.4f}</b>: the mean over regions of the "
+        "mean Dice over cases (KiTS19's ranking score for kidney+tumour and tumour).</p>",
+        f'<p class="muted">{_e(NO_ACCURACY)}</p>',
+        *(f'<p class="note">{_e(n)}</p>' for n in result.notes),
+    ]
+    for name, scored in zip(names, result.results, strict=True):
+        parts += [
+            f"<h3>{_e(name)}: global Dice {scored.global_dice:.4f}</h3>",
+            _table(("metric", "mean", "median", "std", "excluded (inf)"), _summary_rows(scored)),
+        ]
+    case_rows = []
+    for k in worst_first:
+        row = [k]
+        for d in by_region:
+            row += [_num(d[k].dice, ".3f"), _num(d[k].surface_dice_2mm, ".3f")]
+        case_rows.append((*row, _num(composite[k], ".3f")))
+    header = ["case"]
+    for n in names:
+        header += [f"{n} Dice", f"{n} NSD 2 mm"]
+    parts += [
+        "<h3>Per case, worst composite first</h3>",
+        _table(
+            (*header, "composite"),
+            case_rows,
+            ["bad" if composite[k] < 0.5 else "" for k in worst_first],
+        ),
+        "<h2>Overlays, worst composite first</h2>",
+        '<p class="muted">One colour per region ('
+        + ", ".join(
+            f"{_e(n)} {REGION_COLOUR_NAMES[i % len(REGION_COLOUR_NAMES)]}"
+            for i, n in enumerate(names)
+        )
+        + f"); ground truth solid, prediction dashed; CT windowed to [{HU_WINDOW[0]:g}, "
+        f"{HU_WINDOW[1]:g}] HU; radiological view (patient's left on the right).</p>",
+    ]
+    files = {pair.case_id: pair for pair in result.pairs}
+    for k in worst_first[:max_cases]:
+        title = f"{k}: " + ", ".join(
+            f"{n} {d[k].dice:.3f}" for n, d in zip(names, by_region, strict=True)
+        )
+        png = _case_overlay(files[k], result.regions, title, label_map=True)
+        parts.append(
+            f'<section class="case" id="case-{_e(k)}">{_img(png, f"overlay {k}")}</section>'
+        )
     hidden = len(worst_first) - max_cases
     if hidden > 0:
         parts.append(
@@ -219,12 +296,14 @@ def write_report(
     pred_dir: Path | None = None,
     gt: Path | None = None,
     foreground: tuple[int, ...] | None = None,
+    regions: tuple[Region, ...] | None = None,
     max_cases: int = 24,
     overwrite: bool = False,
 ) -> Path:
     """One self-contained HTML page: run settings and curves, metrics tables, overlays.
 
-    Give a run folder, predictions with their ground truth, or both. Written atomically.
+    Give a run folder, predictions with their ground truth, or both. Without `foreground`
+    and `regions`, predictions are scored on the run's own target. Written atomically.
     """
     from voxseg.data.io import check_output
 
@@ -251,13 +330,16 @@ def write_report(
     if run is not None:
         parts += _run_section(run)
     if pred_dir is not None and gt is not None:
-        from voxseg.evaluation import evaluate
+        from voxseg.evaluation import evaluate, evaluate_regions
 
-        if foreground is None and run is not None and run.config_path.is_file():
-            foreground = run.load_config().data.foreground  # score what the run learned
-
-        result = evaluate(pred_dir, gt, foreground=foreground)
-        parts += _evaluation_section(result, foreground, max_cases)
+        if foreground is None and regions is None and run is not None and run.config_path.is_file():
+            data = run.load_config().data  # score what the run learned
+            foreground, regions = data.foreground, data.targets() if data.regions else None
+        if regions:
+            parts += _regions_section(evaluate_regions(pred_dir, gt, regions), max_cases)
+        else:
+            result = evaluate(pred_dir, gt, foreground=foreground)
+            parts += _evaluation_section(result, foreground, max_cases)
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -8,6 +8,7 @@
     state.json           TrainState: the commit point of a checkpoint
     metrics.csv          one EpochRecord per line
     curves.png           loss and validation Dice per epoch
+    model.onnx           the best weights exported for ONNX Runtime (`voxseg.export`)
 
 Everyone else asks a `RunFolder` for paths and objects instead of spelling names.
 """
@@ -37,6 +38,7 @@ _OPTIMIZER = "optimizer.safetensors"
 _STATE = "state.json"
 _METRICS = "metrics.csv"
 _CURVES = "curves.png"
+_ONNX = "model.onnx"
 _CHECKPOINTED = (_LAST, _OPTIMIZER, _STATE)
 
 
@@ -79,8 +81,11 @@ class TrainState:
     bad_epochs: int = 0
     smoothed: float | None = None
     """Moving average of validation Dice (see TrainConfig.val_smoothing)."""
-    best_postprocess: dict[str, float] = field(default_factory=dict)
-    """Validation Dice of each keep-largest candidate ("0": keep all) at the best epoch."""
+    best_region_dice: list[float] = field(default_factory=list)
+    """Per region (model output), the validation Dice of the best epoch."""
+    best_postprocess: list[dict[str, float]] = field(default_factory=list)
+    """Per region, validation Dice of each keep-largest candidate ("0": keep all) at the
+    best epoch."""
     elapsed: float = 0.0
     """Wall-clock seconds used so far, across resumes."""
     stopped: str = ""
@@ -108,6 +113,8 @@ class TrainState:
             d["best_score"] = -math.inf
         if d.get("best_dice") is None:
             d["best_dice"] = math.nan
+        if isinstance(d.get("best_postprocess"), dict):  # before regions: one output
+            d["best_postprocess"] = [d["best_postprocess"]] if d["best_postprocess"] else []
         return cls(**d)
 
 
@@ -132,10 +139,11 @@ class RunFolder:
     best_weights = property(lambda self: self.root / _BEST)
     curves_path = property(lambda self: self.root / _CURVES)
     metrics_path = property(lambda self: self.root / _METRICS)
+    onnx_model = property(lambda self: self.root / _ONNX)
 
     def files(self) -> list[Path]:
         """Every file a run writes that exists now (previous copies included)."""
-        names = [_CONFIG, _FINGERPRINT, _BEST, _METRICS, _CURVES, *_CHECKPOINTED]
+        names = [_CONFIG, _FINGERPRINT, _BEST, _METRICS, _CURVES, _ONNX, *_CHECKPOINTED]
         paths = [self.root / n for n in names]
         paths += [weights.previous(self.root / n) for n in _CHECKPOINTED]
         return [p for p in paths if p.exists()]

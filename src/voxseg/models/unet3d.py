@@ -79,7 +79,8 @@ def _bf16_bug_risk(x: torch.Tensor, stride: tuple[int, ...]) -> bool:
 class UNet3D(nn.Module):
     """Residual U-Net with `depth` downsamplings; channels double per level up to `max_channels`.
 
-    Returns logits (N, 1, D, H, W). With `deep_supervision` and in training mode it returns a
+    Returns logits (N, out_channels, D, H, W), one sigmoid output per region. With
+    `deep_supervision` and in training mode it returns a
     list [full resolution, 1/2, 1/4, ...] with one entry per decoder level; in eval mode always
     the full-resolution tensor.
     """
@@ -92,9 +93,14 @@ class UNet3D(nn.Module):
         deep_supervision: bool = False,
         strides: list[list[int]] | None = None,
         kernels: list[list[int]] | None = None,
+        out_channels: int = 1,
     ) -> None:
         super().__init__()
-        for name, value in (("base_channels", base_channels), ("depth", depth)):
+        for name, value in (
+            ("base_channels", base_channels),
+            ("depth", depth),
+            ("out_channels", out_channels),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"unet option {name}={value!r} must be a positive integer")
         strides_, kernels_ = _topology(depth, strides, kernels)
@@ -123,7 +129,7 @@ class UNet3D(nn.Module):
         # heads[k] reads the decoder output at 1/2**k resolution; only heads[0] without deep
         # supervision, so that every parameter is used in every training step.
         n_heads = depth if self.deep_supervision else 1
-        self.heads = nn.ModuleList(nn.Conv3d(widths[k], 1, 1) for k in range(n_heads))
+        self.heads = nn.ModuleList(nn.Conv3d(widths[k], out_channels, 1) for k in range(n_heads))
 
         for m in self.modules():
             if isinstance(m, nn.Conv3d | nn.ConvTranspose3d):

@@ -62,12 +62,13 @@ def _pipeline(in_plane_only: bool):
 def augment(
     image: np.ndarray, label: np.ndarray, rng: np.random.Generator, spacing: tuple[float, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented (image, label) pair; `spacing` (mm) decides in-plane-only rotation."""
+    """One augmented (image (D, H, W), label (R, D, H, W)) pair; `spacing` (mm) decides
+    in-plane-only rotation."""
     in_plane_only = max(spacing) / min(spacing) >= ANISOTROPY
     pipeline = _pipeline(in_plane_only)
     pipeline.set_random_state(seed=int(rng.integers(2**31)))
-    out = pipeline({"image": image[None], "label": label[None]})
+    out = pipeline({"image": image[None], "label": label})
     return (
         np.asarray(out["image"], dtype=np.float32)[0],
-        (np.asarray(out["label"]) > 0.5).astype(np.float32)[0],
+        (np.asarray(out["label"]) > 0.5).astype(np.float32),
     )

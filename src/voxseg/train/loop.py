@@ -167,7 +167,11 @@ def _update_best(state: TrainState, tc: TrainConfig, epoch: int, val: ValResult 
     if score > state.best_score:
         state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
         state.best_dice = val.mean_dice if val else math.nan
-        state.best_postprocess = val.postprocess_means() if val else {}
+        regions = range(val.dice.shape[1]) if val else ()
+        state.best_region_dice = [float(d) for d in val.region_dice()] if val else []
+        state.best_postprocess = [
+            {str(n): d for n, d in val.postprocess_means(r).items()} for r in regions
+        ]
         return True
     state.bad_epochs += 1
     if tc.patience and state.bad_epochs >= tc.patience and not state.stopped:
@@ -209,6 +213,7 @@ def train(
         batch_size=tc.batch_size,
         patch_size=tc.patch_size,
         foreground_oversample=tc.foreground_oversample,
+        regions=len(config.data.targets()),
         augment=tc.augment,
         seed=tc.seed,
         steps_per_epoch=tc.steps_per_epoch,

@@ -22,6 +22,7 @@ from voxseg.errors import ConfigError, OutputExistsError
 from voxseg.postprocess import choose_keep_largest
 from voxseg.prepared import PreparedCase, default_cache_dir, load_or_prepare
 from voxseg.progress import ProgressFn, Step, ignore
+from voxseg.regions import describe, target_values
 from voxseg.run_folder import RunFolder, TrainState
 from voxseg.runtime import resolve_device
 from voxseg.train.fingerprint import Fingerprint, measure_fingerprint
@@ -68,7 +69,13 @@ def check_options(o: TrainOptions) -> RunConfig:
             f"--preset {o.preset!r}: choose 'seed' or leave it out for the planned default"
         )
     memory_limit()
-    return RunConfig().override(_grid_overrides(o.overrides), complete=False)
+    wanted = RunConfig().override(_grid_overrides(o.overrides), complete=False)
+    if wanted.data.regions and (o.preset == "seed" or wanted.model.name == "seed"):
+        raise ConfigError(
+            "--regions needs the U-Net (the seed network has one output); "
+            "drop --preset seed / --model seed"
+        )
+    return wanted
 
 
 def resolve_config(
@@ -108,6 +115,9 @@ def resolve_config(
             log(f"plan: {note}")
         config = plan.config
     config = config.override(_grid_overrides(o.overrides))
+    if len(config.data.targets()) > 1:  # one sigmoid output per region
+        options = {**config.model.options, "out_channels": len(config.data.targets())}
+        config = config.override({"model.options": options})
     if config.preprocess.mode == "spacing" and config.train.patch_size is None:
         raise ConfigError(
             "resampling to a spacing needs patches; give --shape for whole-volume training"
@@ -174,7 +184,7 @@ def prepare_cases(
 ) -> list[PreparedCase]:
     out = []
     for i, case in enumerate(cases):
-        out.append(load_or_prepare(case, config.preprocess, config.data.foreground, cache_dir))
+        out.append(load_or_prepare(case, config.preprocess, config.data.targets(), cache_dir))
         on_progress(Step("preparing cases", i + 1, len(cases)))
     return out
 
@@ -201,7 +211,7 @@ def _run(
     log = hooks.log if dist.is_main else (lambda _m: None)
     run = RunFolder(o.out)
     dataset = discover(o.data)
-    foreground = wanted.data.foreground
+    foreground = target_values(wanted.data.targets())
     if dist.is_main:  # the others read the configuration rank 0 resolved
         prepare_run_dir(run, o.resume, o.overwrite)
         if o.resume:
@@ -244,13 +254,14 @@ def _run(
     if not dist.is_main:
         prepared = prepare_cases(cases, config, cache_dir, ignore)
     train_prepared, val_prepared = prepared[: len(train_cases)], prepared[len(train_cases) :]
-    if not any(len(c.foreground) for c in train_prepared):
-        target = config.data.foreground
-        raise ConfigError(
-            f"{dataset.root}: no training label has a voxel of the target "
-            f"({'every non-zero label' if target is None else f'--foreground {target}'}); "
-            "check --foreground against the label values `voxseg info` shows"
-        )
+    regions = config.data.targets()
+    for r, region in enumerate(regions):
+        if not any(len(c.foreground[r]) for c in train_prepared):
+            option = "--regions" if config.data.regions else "--foreground"
+            raise ConfigError(
+                f"{dataset.root}: no training label has a voxel of {describe((region,))}; "
+                f"check {option} against the label values `voxseg info` shows"
+            )
 
     torch.manual_seed(tc.seed)
     model = build_model(config.model.name, **config.model.options)
@@ -293,7 +304,6 @@ def model_card(
     from voxseg._version import __version__
 
     spacings = np.array([c.record.canonical_spacing for c in train_cases])
-    target = config.data.foreground
     return ModelCard(
         command=shlex.join(["voxseg", *sys.argv[1:]]) if sys.argv else "",
         voxseg_version=__version__,
@@ -303,8 +313,9 @@ def model_card(
         train_cases=len(train_cases),
         val_cases=len(val_cases),
         median_spacing=tuple(round(float(s), 4) for s in np.median(spacings, axis=0)),
-        target="every non-zero label" if target is None else f"labels {list(target)}",
+        target=describe(config.data.targets()),
         val_dice=None if math.isnan(state.best_dice) else round(state.best_dice, 4),
+        val_region_dice=tuple(round(d, 4) for d in state.best_region_dice),
         epochs=state.epoch,
         trained_minutes=round(state.elapsed / 60, 2),
     )
@@ -313,12 +324,19 @@ def model_card(
 def _choose_postprocessing(
     config: RunConfig, state: TrainState, log: Callable[[str], None]
 ) -> RunConfig:
-    """Keep-largest-components as validation scored it at the best epoch (no re-prediction)."""
-    means = {int(n): d for n, d in state.best_postprocess.items()}
-    choice = choose_keep_largest(means)
-    scores = ", ".join(f"{'all' if n == 0 else f'largest {n}'}: {d:.4f}" for n, d in means.items())
-    log(f"post-processing on validation ({scores}) -> keep_largest={choice}")
-    return config.override({"infer.keep_largest": choice})
+    """Keep-largest-components per region, as validation scored it at the best epoch (no
+    re-prediction)."""
+    choices = []
+    for region, scored in zip(config.data.targets(), state.best_postprocess, strict=True):
+        means = {int(n): d for n, d in scored.items()}
+        choices.append(choose_keep_largest(means))
+        scores = ", ".join(
+            f"{'all' if n == 0 else f'largest {n}'}: {d:.4f}" for n, d in means.items()
+        )
+        log(
+            f"post-processing {region.name} on validation ({scores}) -> keep {choices[-1] or 'all'}"
+        )
+    return config.override({"infer.keep_largest": tuple(choices)})
 
 
 def time_summary(config: RunConfig, state: TrainState) -> str:

@@ -14,6 +14,7 @@ import numpy as np
 from voxseg.errors import ConfigError
 from voxseg.geometry import Shape3
 from voxseg.prepared import PreparedCase
+from voxseg.regions import channels
 from voxseg.train.augment import augment
 
 
@@ -22,7 +23,7 @@ class Batch:
     image: np.ndarray
     """(N, 1, D, H, W) float32."""
     label: np.ndarray
-    """(N, 1, D, H, W) float32 in {0, 1}."""
+    """(N, R, D, H, W) float32 in {0, 1}, one channel per region."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class SamplerConfig:
     """'off', 'light' or 'full' (see TrainConfig.augment)."""
     seed: int
     steps_per_epoch: int | None = None
+    regions: int = 1
+    """Number of target regions (model outputs)."""
     rank: int = 0
     world_size: int = 1
 
@@ -48,14 +51,15 @@ def steps_in_epoch(n_cases: int, cfg: SamplerConfig) -> int:
 def crop_patch(
     case: PreparedCase, centre: np.ndarray, size: Shape3, pad_value: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Patch of `size` centred on `centre`, padded where it leaves the volume."""
+    """Patch of `size` centred on `centre`, padded where it leaves the volume; the label
+    patch is the case's uint8 region bit mask."""
     shape = np.asarray(case.image.shape)
     size_a = np.asarray(size)
     start = centre - size_a // 2
     lo = np.maximum(start, 0)
     hi = np.minimum(start + size_a, shape)
     image = np.full(size, pad_value, dtype=np.float32)
-    label = np.zeros(size, dtype=np.float32)
+    label = np.zeros(size, dtype=np.uint8)
     dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start, strict=True))
     src = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     image[dst] = case.image[src]
@@ -66,8 +70,12 @@ def crop_patch(
 def _centre(
     case: PreparedCase, rng: np.random.Generator, size: Shape3, foreground: bool
 ) -> np.ndarray:
-    if foreground and len(case.foreground):
-        return case.foreground[rng.integers(len(case.foreground))].astype(np.int64)
+    present = [p for p in case.foreground if len(p)]
+    if foreground and present:
+        # As nnU-Net: first a region the case has, then one of its voxels, so a tumour a few
+        # % the size of the kidney is centred as often as the kidney.
+        positions = present[rng.integers(len(present))] if len(present) > 1 else present[0]
+        return positions[rng.integers(len(positions))].astype(np.int64)
     shape = np.asarray(case.image.shape)
     half = np.asarray(size) // 2
     lo = np.minimum(half, shape // 2)
@@ -125,17 +133,18 @@ def epoch_batches(
             if cfg.patch_size is None:
                 case = cases[order[step * cfg.batch_size + i]]
                 image = np.asarray(case.image, dtype=np.float32)
-                label = np.asarray(case.label, dtype=np.float32)
+                label = np.asarray(case.label)
             else:
                 case = cases[rng.integers(len(cases))]
                 fg = rng.random() < cfg.foreground_oversample
                 image, label = crop_patch(
                     case, _centre(case, rng, cfg.patch_size, fg), cfg.patch_size, pad_value
                 )
+            label = channels(label, cfg.regions)
             if cfg.augment == "light":
                 image, label = _light(image, label, rng)
             elif cfg.augment == "full":
                 image, label = augment(image, label, rng, case.record.spacing)
             images.append(image)
             labels.append(label)
-        yield Batch(np.stack(images)[:, None].copy(), np.stack(labels)[:, None].copy())
+        yield Batch(np.stack(images)[:, None].copy(), np.stack(labels).copy())

@@ -21,34 +21,43 @@ from voxseg.losses import build_loss
 from voxseg.metrics import ConfusionCounts, dice
 from voxseg.postprocess import CANDIDATES, candidate_dice
 from voxseg.prepared import PreparedCase
+from voxseg.regions import channels, nest
 from voxseg.weights import unwrap
 
 
 @dataclass(frozen=True)
 class ValResult:
     dice: np.ndarray
-    """Per-case Dice (both masks empty counts as 1)."""
+    """(n_cases, n_regions) Dice (both masks empty counts as 1)."""
     loss: np.ndarray
     """Per-case training loss on the whole case."""
     postprocess: np.ndarray
-    """(n_cases, len(CANDIDATES)) Dice after each keep-largest candidate."""
+    """(n_cases, n_regions, len(CANDIDATES)) Dice after each keep-largest candidate."""
 
     @property
     def mean_dice(self) -> float:
+        """Mean over cases and regions: what model selection and early stopping follow."""
         return float(self.dice.mean()) if self.dice.size else 0.0
+
+    def region_dice(self) -> np.ndarray:
+        """Mean Dice of each region over the cases."""
+        return self.dice.mean(0) if self.dice.size else np.zeros(self.dice.shape[1:])
 
     @property
     def mean_loss(self) -> float:
         return float(self.loss.mean()) if self.loss.size else 0.0
 
-    def postprocess_means(self) -> dict[str, float]:
-        return {str(n): float(v) for n, v in zip(CANDIDATES, self.postprocess.mean(0), strict=True)}
+    def postprocess_means(self, region: int = 0) -> dict[int, float]:
+        """Mean Dice of each keep-largest candidate for one region."""
+        means = self.postprocess[:, region].mean(0)
+        return {n: float(v) for n, v in zip(CANDIDATES, means, strict=True)}
 
 
 def case_loss(loss_fn: nn.Module, prob: np.ndarray, target: np.ndarray) -> float:
-    """The training loss of a whole case, from probabilities (turned back into logits)."""
-    p = torch.from_numpy(np.clip(prob, 1e-6, 1 - 1e-6))[None, None]
-    t = torch.from_numpy(np.asarray(target, dtype=np.float32))[None, None]
+    """The training loss of a whole case, from probabilities (C, ...) turned back into logits
+    and the region channels of the target."""
+    p = torch.from_numpy(np.clip(prob, 1e-6, 1 - 1e-6))[None]
+    t = torch.from_numpy(target)[None]
     return float(loss_fn(torch.logit(p), t))
 
 
@@ -60,6 +69,7 @@ def validate(
     amp: torch.dtype | None,
 ) -> ValResult:
     loss_fn = build_loss(config.train.loss)
+    regions = config.data.targets()
     model.eval()
     dices, losses, post = [], [], []
     for case in cases:
@@ -72,15 +82,20 @@ def validate(
             amp=amp,
             pad_value=config.preprocess.pad_value,
         )
-        mask = prob >= config.infer.threshold
-        dices.append(dice(ConfusionCounts.from_masks(mask, case.label)))
-        losses.append(case_loss(loss_fn, prob, case.label))
-        post.append(candidate_dice(mask, case.label))
+        # Scored as prediction writes them: each region clipped to the regions holding it.
+        masks = nest(prob >= config.infer.threshold, regions)
+        target = channels(case.label, len(regions))
+        dices.append(
+            [dice(ConfusionCounts.from_masks(m, t > 0)) for m, t in zip(masks, target, strict=True)]
+        )
+        losses.append(case_loss(loss_fn, prob, target))
+        post.append([candidate_dice(m, t) for m, t in zip(masks, target, strict=True)])
     model.train()
+    n = (len(cases), len(regions))
     return ValResult(
-        np.asarray(dices, dtype=np.float64),
+        np.asarray(dices, dtype=np.float64).reshape(n),
         np.asarray(losses, dtype=np.float64),
-        np.asarray(post, dtype=np.float64).reshape(len(cases), len(CANDIDATES)),
+        np.asarray(post, dtype=np.float64).reshape(*n, len(CANDIDATES)),
     )
 
 
