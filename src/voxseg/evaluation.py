@@ -22,7 +22,7 @@ import numpy as np
 from voxseg.atomic import write_text
 from voxseg.data.checks import binary_target
 from voxseg.data.discovery import discover, require_labelled
-from voxseg.data.io import check_output, image_stem, is_image_file, read_image
+from voxseg.data.io import check_output, image_stem, is_image_file, read_image, read_note
 from voxseg.errors import InputError
 from voxseg.geometry import Geometry
 from voxseg.metrics import (
@@ -34,7 +34,7 @@ from voxseg.metrics import (
     iou,
 )
 from voxseg.progress import ProgressFn, Step, ignore
-from voxseg.regions import Region
+from voxseg.regions import BINARY_NOTE, Region, note_regions
 
 METRICS = tuple(f.name for f in fields(CaseMetrics) if f.name != "case_id")
 
@@ -356,6 +356,28 @@ REGION_DEFINITIONS = {
 }
 
 
+def _check_label_maps(pairs: Sequence[CasePair], regions: tuple[Region, ...]) -> None:
+    """Predictions voxseg wrote say in their header what they hold: refuse a binary model's
+    masks, or a label map of other regions, before scoring."""
+    wanted = tuple(r.labels for r in regions)
+    for pair in pairs:
+        note = read_note(pair.pred)
+        if note == BINARY_NOTE:
+            raise InputError(
+                f"{pair.pred}: a binary model's mask (its header says so) cannot be scored per "
+                "region; evaluate it without --regions (with --foreground), or predict with a "
+                "model trained with --regions"
+            )
+        written = note_regions(note)
+        if written is not None and written != wanted:
+            shown = ";".join(",".join(map(str, r)) for r in written)
+            raise InputError(
+                f"{pair.pred}: a label map of regions '{shown}', but --regions asks for "
+                f"'{';'.join(','.join(map(str, r or ())) for r in wanted)}'; give --regions "
+                f"'{shown}'"
+            )
+
+
 def evaluate_regions(
     pred: str | Path,
     gt: str | Path,
@@ -365,6 +387,7 @@ def evaluate_regions(
 ) -> RegionsResult:
     """Score label-map predictions region by region against label-map ground truth."""
     pairs, notes = pair_cases(Path(pred), Path(gt))
+    _check_label_maps(pairs, regions)
     cases = [[] for _ in regions]
     totals = [ConfusionCounts(0, 0, 0, 0) for _ in regions]
     highest = 0
@@ -377,7 +400,8 @@ def evaluate_regions(
             cases[r].append(case_metrics(pair.case_id, pred_mask, gt_mask, gt_geom.spacing))
         on_progress(Step("evaluating", i, len(pairs), pair.case_id))
     unreachable = [r.name for r in regions if r.labels is not None and 1 not in r.labels]
-    if highest <= 1 and unreachable:
+    unmarked = not any(read_note(p.pred).startswith("voxseg") for p in pairs[:1])
+    if highest <= 1 and unreachable and unmarked:  # not written by voxseg: values tell
         raise InputError(
             f"{pred}: holds binary masks (values 0 and 1 only), but region {unreachable[0]!r} "
             "needs other label values; score a binary model without --regions (with "

@@ -35,7 +35,7 @@ from voxseg.inference import predict_probabilities
 from voxseg.postprocess import keep_largest
 from voxseg.preprocess import preprocess_image, restore, restore_probabilities
 from voxseg.progress import ProgressFn, Step, ignore
-from voxseg.regions import label_map
+from voxseg.regions import BINARY_NOTE, file_note, label_map
 from voxseg.run_folder import RunFolder
 from voxseg.runtime import autocast_dtype, resolve_device
 
@@ -202,6 +202,7 @@ def iter_predictions(
     them.
     """
     config = predictor.config
+    targets = config.data.targets()
     dataset = discover(input_path)
     cases = list(dataset.cases)
     single = dataset.layout == "file"
@@ -236,7 +237,10 @@ def iter_predictions(
         del image
         if path is not None:
             remove_stale_parts(path.parent, path.name)  # this case's leftovers from a crash
-            write_mask(path, mask, geometry, overwrite=True)
+            if config.data.regions:
+                write_image(path, mask, geometry, overwrite=True, note=file_note(targets))
+            else:
+                write_mask(path, mask, geometry, overwrite=True, note=BINARY_NOTE)
             if probs is not None:
                 channels = probs if config.data.regions else probs[None]
                 for q, channel in zip(probability_paths(path, config), channels, strict=True):

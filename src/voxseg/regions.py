@@ -136,6 +136,31 @@ def target_values(regions: tuple[Region, ...]) -> tuple[int, ...] | None:
     return tuple(sorted({v for r in regions for v in r.labels or ()}))
 
 
+BINARY_NOTE = "voxseg binary mask"
+_LABEL_MAP_NOTE = "voxseg label map "
+
+
+def file_note(regions: tuple[Region, ...] | None) -> str:
+    """What a predicted file holds, for its header: a binary mask (None) or a label map of
+    `regions` (`voxseg label map 1,2;2`), so evaluation can tell them apart."""
+    if regions is None:
+        return BINARY_NOTE
+    return _LABEL_MAP_NOTE + ";".join(",".join(map(str, r.labels or ())) for r in regions)
+
+
+def note_regions(note: str) -> tuple[tuple[int, ...], ...] | None:
+    """The regions' label values a label-map note names; None for any other note."""
+    if not note.startswith(_LABEL_MAP_NOTE):
+        return None
+    try:
+        return tuple(
+            tuple(int(v) for v in part.split(",") if v)
+            for part in note[len(_LABEL_MAP_NOTE) :].split(";")
+        )
+    except ValueError:
+        return None
+
+
 def describe(regions: tuple[Region, ...]) -> str:
     """One line: `kidney+tumour (labels 1,2); tumour (label 2)`."""
     return "; ".join(

@@ -303,11 +303,13 @@ def write_image(
     *,
     overwrite: bool = False,
     compress: bool = True,
+    note: str = "",
 ) -> Path:
     """Write `array` on `geometry` atomically (temporary file, fsync, rename).
 
     What was written is read back before it takes its name; a failure (full disk, a size
-    limit) raises one VoxsegError naming `path` and leaves nothing behind.
+    limit) raises one VoxsegError naming `path` and leaves nothing behind. `note` goes into
+    the header (NIfTI `descrip`, at most 79 characters; see `read_note`).
     """
     path = Path(path)
     check_output(path, overwrite)
@@ -316,6 +318,8 @@ def write_image(
             f"{path}: array shape {array.shape} does not match geometry {geometry.shape}"
         )
     img = _itk_image(array, geometry)
+    if note:
+        img.SetMetaData(_NOTE_KEY, note[:79])
     suffix = next((s for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
     if suffix in TWO_FILE_SUFFIXES:
         with atomic_files(path) as folder:
@@ -325,6 +329,26 @@ def write_image(
         with atomic_path(path, suffix=suffix) as tmp:  # the suffix picks SimpleITK's writer
             _write_checked(img, tmp, path, geometry, compress)
     return path
+
+
+_NOTE_KEY = "ITK_FileNotes"
+"""ITK's name for a file's free-text note (NIfTI descrip, NRRD/MHA key)."""
+
+
+def read_note(path: str | Path) -> str:
+    """The free-text note in a file's header ('' when none or unreadable)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return ""
+    for key in (_NOTE_KEY, "descrip"):
+        if reader.HasMetaDataKey(key):
+            return reader.GetMetaData(key).strip()
+    return ""
 
 
 def _itk_image(array: np.ndarray, geometry: Geometry):
@@ -373,7 +397,13 @@ def _check_companions(folder: Path, path: Path, overwrite: bool) -> None:
 
 
 def write_mask(
-    path: str | Path, mask: np.ndarray, geometry: Geometry, *, overwrite: bool = False
+    path: str | Path,
+    mask: np.ndarray,
+    geometry: Geometry,
+    *,
+    overwrite: bool = False,
+    note: str = "",
 ) -> Path:
     """A binary mask as uint8 {0, 1} on exactly `geometry`."""
-    return write_image(path, (np.asarray(mask) > 0).astype(np.uint8), geometry, overwrite=overwrite)
+    binary = (np.asarray(mask) > 0).astype(np.uint8)
+    return write_image(path, binary, geometry, overwrite=overwrite, note=note)

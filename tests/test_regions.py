@@ -1,0 +1,238 @@
+"""Region-based targets: parsing, encoding, nesting, sampling, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from tests.conftest import blob_case, geometry_for, write_case
+from tests.test_cli import assert_user_error, invoke
+from voxseg.config import RunConfig
+from voxseg.data.io import read_image, read_info, read_note
+from voxseg.errors import ConfigError
+from voxseg.losses import build_loss
+from voxseg.regions import (
+    KITS,
+    Region,
+    channels,
+    encode,
+    file_note,
+    label_map,
+    nest,
+    note_regions,
+    parse_regions,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("kits", KITS),
+        ("1,2;2", (Region("labels 1,2", (1, 2)), Region("label 2", (2,)))),
+        ("organ=3,1;lesion=3", (Region("organ", (1, 3)), Region("lesion", (3,)))),
+        ("1;2", (Region("label 1", (1,)), Region("label 2", (2,)))),  # disjoint is fine
+    ],
+)
+def test_regions_parse(text, expected):
+    assert parse_regions(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("2;1,2", "largest to the smallest"),  # the outer region comes second
+        ("a=1,2;b=1,2", "no label value of its own"),
+        ("a;2", "positive label values"),
+        ("0,1", "positive label values"),
+        ("x=1;x=2", "names must differ"),
+        (";".join(str(v) for v in range(1, 11)), "1 to 8 regions"),
+    ],
+)
+def test_bad_regions_are_refused_naming_the_option(text, needle):
+    with pytest.raises(ConfigError, match="--regions") as info:
+        parse_regions(text)
+    assert needle in str(info.value)
+
+
+def test_encode_and_channels_round_trip_every_region():
+    label = np.random.default_rng(0).integers(0, 4, (5, 6, 7)).astype(np.uint8)
+    regions = (Region("a", (1, 2, 3)), Region("b", (2, 3)), Region("c", (3,)))
+    bits = encode(label, regions)
+    chans = channels(bits, 3)
+    for r, region in enumerate(regions):
+        np.testing.assert_array_equal(chans[r] > 0, np.isin(label, region.labels))
+    # One region of every non-zero label is the plain binary target.
+    np.testing.assert_array_equal(encode(label, (Region("f", None),)), label > 0)
+
+
+def test_label_map_keeps_the_inner_region_inside_the_outer_one():
+    outer = np.zeros((1, 4, 4), bool)
+    inner = np.zeros((1, 4, 4), bool)
+    outer[0, :2] = True
+    inner[0, 1:3] = True  # half of the "tumour" lies outside the "kidney"
+    lm = label_map(np.stack([outer, inner]), KITS)
+    assert lm[0, 0].tolist() == [1, 1, 1, 1]
+    assert lm[0, 1].tolist() == [2, 2, 2, 2]
+    assert lm[0, 2:].max() == 0  # tumour outside kidney+tumour is dropped
+    # Disjoint regions are not clipped: each keeps its own value.
+    disjoint = parse_regions("1;2")
+    lm = label_map(np.stack([outer, inner]), disjoint)
+    assert lm[0, 2].tolist() == [2, 2, 2, 2]
+    assert nest(np.stack([outer, inner]), disjoint)[1].sum() == inner.sum()
+
+
+def test_file_note_round_trips_and_names_binary_masks():
+    assert note_regions(file_note(KITS)) == ((1, 2), (2,))
+    assert note_regions(file_note(None)) is None
+
+
+def test_resampled_regions_stay_nested():
+    from voxseg.config import PreprocessConfig
+    from voxseg.preprocess import plan_record, preprocess_label
+
+    image, label = blob_case((16, 20, 24), seed=3)
+    g = geometry_for(image.shape)
+    cfg = PreprocessConfig(mode="shape", shape=(11, 13, 29), crop_body=False)
+    record = plan_record(g, None, cfg)
+    target = channels(preprocess_label(label, record, KITS), 2)
+    assert target[1].sum() > 0 and not (target[1] > target[0]).any()
+
+
+def test_dice_bce_scores_each_region_with_bce():
+    """Two overlapping sigmoid outputs: MONAI's DiceCELoss would switch to softmax CE."""
+    loss = build_loss("dice_bce")
+    logits = torch.randn(2, 2, 6, 6, 6)
+    target = (torch.rand(2, 2, 6, 6, 6) > 0.6).float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    from monai.losses import DiceLoss
+
+    dice = DiceLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)(logits, target)
+    torch.testing.assert_close(loss(logits, target), dice + bce)
+
+
+def test_foreground_sampling_finds_the_small_region():
+    """With two regions, half the foreground-centred patches centre on the small one (its
+    own share of the voxels is a few %)."""
+    from voxseg.prepared import PreparedCase, foreground_positions
+    from voxseg.train.sampler import SamplerConfig, epoch_batches
+
+    label = np.zeros((24, 24, 24), np.uint8)
+    label[4:20, 4:20, 4:20] = 1
+    label[10:12, 10:12, 10:12] = 2  # 8 of 4096 voxels
+    bits = encode(label, KITS)
+    image = np.zeros(label.shape, np.float32)
+    case = PreparedCase("c", image, bits, foreground_positions(bits, 2), None)
+    cfg = SamplerConfig(4, (4, 4, 4), 1.0, "off", seed=0, steps_per_epoch=50, regions=2)
+    batches = list(epoch_batches([case], 0, cfg, 0.0))
+    has_tumour = np.concatenate([b.label[:, 1].reshape(4, -1).max(1) for b in batches])
+    assert batches[0].label.shape == (4, 2, 4, 4, 4)
+    assert 0.3 < has_tumour.mean() < 0.8  # ~0.5; a binary target would give ~0.01
+
+
+def test_config_refuses_foreground_with_regions_and_upgrades_keep_largest(tmp_path):
+    with pytest.raises(ConfigError, match="not both"):
+        RunConfig().override(
+            {"data.foreground": (1,), "data.regions": ((1, 2),), "data.region_names": ("k",)},
+            complete=False,
+        )
+    with pytest.raises(ConfigError, match="region_names"):
+        RunConfig().override({"data.regions": ((1, 2), (2,))}, complete=False)
+    d = RunConfig().override({"preprocess.spacing": (1.0, 1.0, 1.0)}).to_dict()
+    d["version"], d["infer"]["keep_largest"] = 2, 2
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    assert RunConfig.load(tmp_path / "config.json").infer.keep_largest == (2,)
+
+
+# ---- end to end ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def region_run(tmp_path_factory) -> Path:
+    """A tiny U-Net trained with --regions kits on four KiTS-layout cases (1 and 2 labels)."""
+    root = tmp_path_factory.mktemp("regions")
+    for i in range(4):
+        image, label = blob_case((20, 32, 36), seed=i)
+        write_case(root / "kits" / f"case_{i:05d}", image, label, geometry_for(image.shape))
+    args = ["train", "--data", root / "kits", "--out", root / "run", "--regions", "kits"]
+    args += ["--model", "unet", "--shape", "32", "32", "32", "--epochs", "2"]
+    result = invoke(*args, "--cache", root / "cache")
+    assert result.exit_code == 0, result.output
+    return root / "run"
+
+
+@pytest.mark.slow
+def test_region_model_predicts_a_label_map_on_the_exact_grid(region_run, tmp_path):
+    config = RunConfig.load(region_run / "config.json")
+    assert config.data.targets() == KITS and config.model.options["out_channels"] == 2
+    assert len(config.infer.keep_largest) == 2  # chosen per region on validation
+    data = region_run.parent / "kits"
+    out = tmp_path / "pred"
+    result = invoke("predict", "--model", region_run, "-i", data, "-o", out, "--probabilities")
+    assert result.exit_code == 0, result.output
+    for case in sorted(data.iterdir()):
+        pred = out / f"{case.name}.nii.gz"
+        source = read_info(case / "imaging.nii.gz").geometry
+        assert read_info(pred).geometry == source
+        labels, _ = read_image(pred)
+        assert set(np.unique(labels)) <= {0, 1, 2}
+        assert note_regions(read_note(pred)) == ((1, 2), (2,))
+        for name in ("kidney_tumour", "tumour"):
+            prob = sitk.ReadImage(str(out / f"{case.name}_prob_{name}.nii.gz"))
+            assert prob.GetSize() == source.shape[::-1]
+    # Scored per region, with the composite; the JSON says how.
+    result = invoke(
+        "evaluate", "--pred", out, "--gt", data, "--regions", "kits", "--out", tmp_path / "m.json"
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    region_means = [r["summary"]["dice"]["mean"] for r in metrics["regions"]]
+    assert [r["name"] for r in metrics["regions"]] == ["kidney+tumour", "tumour"]
+    assert metrics["composite_dice"] == pytest.approx(np.mean(region_means))
+    assert "composite_dice" in metrics["definitions"]
+    # The same label maps asked for other regions: refused, naming what they hold.
+    result = invoke("evaluate", "--pred", out, "--gt", data, "--regions", "1;2")
+    assert_user_error(result, "label map of regions '1,2;2'")
+    # The report scores what the run learned: per region, one colour each.
+    page = tmp_path / "r.html"
+    result = invoke("report", region_run, "--pred", out, "--gt", data, "--out", page)
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    assert "Composite Dice" in html and "tumour NSD 2 mm" in html
+
+
+@pytest.mark.slow
+def test_binary_predictions_scored_per_region_are_refused(run, tmp_path):
+    data = run.parent / "kits"
+    out = tmp_path / "pred"
+    assert invoke("predict", "--model", run, "-i", data, "-o", out).exit_code == 0
+    result = invoke("evaluate", "--pred", out, "--gt", data, "--regions", "kits")
+    assert_user_error(result, "binary model", "without --regions")
+    # Files voxseg did not write: the values tell (0/1 only cannot hold a tumour label).
+    plain = tmp_path / "plain"
+    for f in out.iterdir():
+        mask, g = read_image(f)
+        write_case(plain, mask, None, g, image_name=f.name)
+    result = invoke("evaluate", "--pred", plain, "--gt", data, "--regions", "kits")
+    assert_user_error(result, "binary masks")
+
+
+def test_regions_need_the_unet(tmp_path, kits_tiny):
+    result = invoke(
+        "train",
+        "--data",
+        kits_tiny,
+        "--out",
+        tmp_path / "r",
+        "--regions",
+        "kits",
+        "--preset",
+        "seed",
+    )
+    assert_user_error(result, "--regions needs the U-Net")
+    result = invoke("train", "--data", kits_tiny, "--out", tmp_path / "r", "--regions", "2;1,2")
+    assert_user_error(result, "--regions '2;1,2'", "largest to the smallest")
