@@ -406,12 +406,24 @@ def predict(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing outputs.")
     ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="auto, torch or onnx (ONNX Runtime on the CPU, no torch; needs "
+            "`voxseg export` first). auto: torch when the run has its weights.",
+        ),
+    ] = "auto",
 ) -> None:
     """Predict masks on each input's exact grid (shape, spacing, origin, direction, axis order)."""
     from voxseg.distributed import shard_from_env
     from voxseg.prediction import infer_settings, iter_predictions, load_predictor
 
-    predictor = load_predictor(model, device)
+    if engine not in ("auto", "torch", "onnx"):
+        from voxseg.errors import ConfigError
+
+        raise ConfigError(f"--engine {engine!r}: choose auto, torch or onnx")
+    predictor = load_predictor(model, device, engine=engine)
     infer = infer_settings(predictor.config, tta=tta, overlap=overlap, keep_largest=keep_largest)
     with ProgressUI(transient=True) as ui:
         results = list(
@@ -430,6 +442,26 @@ def predict(
     if kept:
         err_console.print(f"{kept} outputs already existed and were kept (--overwrite redoes them)")
     console.print(f"wrote {len(results) - kept} masks to {output}")
+
+
+@app.command()
+@handle_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder made by `voxseg train`.")],
+    format: Annotated[str, typer.Option("--format", help="Only onnx for now.")] = "onnx",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for model.onnx (default: the run).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Export the trained network for deployment (ONNX: `voxseg predict --engine onnx`)."""
+    from voxseg.errors import ConfigError
+    from voxseg.export import export_onnx
+
+    if format != "onnx":
+        raise ConfigError(f"--format {format!r}: only onnx is supported")
+    path = export_onnx(run_dir, out or run_dir, overwrite=overwrite)
+    console.print(f"wrote {path} (checked against torch on a random input)")
 
 
 @app.command()

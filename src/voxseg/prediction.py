@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
-import torch
-from torch import nn
 
 from voxseg.atomic import remove_stale_parts
 from voxseg.config import InferConfig, RunConfig
@@ -29,23 +29,55 @@ from voxseg.data.io import (
     write_image,
     write_mask,
 )
-from voxseg.errors import InputError
+from voxseg.errors import ConfigError, InputError
 from voxseg.geometry import Geometry
-from voxseg.inference import predict_probabilities
 from voxseg.postprocess import keep_largest
-from voxseg.preprocess import preprocess_image, restore, restore_probabilities
+from voxseg.preprocess import PreprocessRecord, preprocess_image, restore, restore_probabilities
 from voxseg.progress import ProgressFn, Step, ignore
 from voxseg.regions import BINARY_NOTE, file_note, label_map
 from voxseg.run_folder import RunFolder
-from voxseg.runtime import autocast_dtype, resolve_device
+
+Engine = Literal["auto", "torch", "onnx"]
 
 
 @dataclass(frozen=True)
 class Predictor:
-    model: nn.Module
+    model: Any
+    """A torch module (engine 'torch') or a `voxseg.onnx_engine.OnnxModel` (engine 'onnx')."""
     config: RunConfig
-    device: torch.device
-    amp: torch.dtype | None
+    device: Any = "cpu"
+    """torch.device of the torch engine; ONNX Runtime runs on the CPU."""
+    amp: Any = None
+    """Autocast dtype of the torch engine (None: fp32)."""
+    engine: Literal["torch", "onnx"] = "torch"
+
+    def probabilities(self, net_input: np.ndarray, infer: InferConfig) -> np.ndarray:
+        """(C, D, H, W) probabilities on the network grid, from whichever engine holds the
+        model (the ONNX path never imports torch)."""
+        pad = self.config.preprocess.pad_value
+        if self.engine == "onnx":
+            from voxseg.onnx_engine import predict_probabilities_onnx
+
+            return predict_probabilities_onnx(
+                self.model,
+                net_input,
+                window=infer.window,
+                overlap=infer.overlap,
+                tta=infer.tta,
+                pad_value=pad,
+            )
+        from voxseg.inference import predict_probabilities
+
+        return predict_probabilities(  # a volume smaller than the window is padded by it
+            self.model,
+            net_input,
+            window=infer.window,
+            overlap=infer.overlap,
+            tta=infer.tta,
+            device=self.device,
+            amp=self.amp,
+            pad_value=pad,
+        )
 
 
 @dataclass(frozen=True)
@@ -63,19 +95,45 @@ class Prediction:
     """The output already existed on the input's grid and was kept (a rerun)."""
 
 
-def load_predictor(
-    run_dir: str | Path, device: str = "auto", precision: str | None = None
-) -> Predictor:
-    """Rebuild the model from the run's config.json and load its best weights (no pickle)."""
-    from voxseg.models import build_model
+def choose_engine(run: RunFolder, engine: Engine, device: str) -> Literal["torch", "onnx"]:
+    """'auto' takes torch when the run has its weights, ONNX Runtime for a folder holding
+    only model.onnx."""
+    has_onnx, has_torch = run.onnx_model.is_file(), run.best_weights.is_file()
+    if engine == "auto":
+        engine = "torch" if has_torch or not has_onnx else "onnx"
+    if engine == "onnx":
+        if not has_onnx:
+            raise ConfigError(
+                f"{run.root}: no {run.onnx_model.name}; run `voxseg export {run.root}` first"
+            )
+        if device not in ("auto", "cpu"):
+            raise ConfigError(f"--engine onnx runs on the CPU; drop --device {device}")
+    return engine
 
+
+def load_predictor(
+    run_dir: str | Path,
+    device: str = "auto",
+    precision: str | None = None,
+    engine: Engine = "auto",
+) -> Predictor:
+    """The run's model, ready to predict: rebuilt from config.json with its best weights (no
+    pickle), or its exported model.onnx under ONNX Runtime (no torch)."""
     run = RunFolder(Path(run_dir))
     config = run.load_config()
+    if choose_engine(run, engine, device) == "onnx":
+        from voxseg.onnx_engine import load_onnx
+
+        return Predictor(load_onnx(run.onnx_model), config, engine="onnx")
+    from voxseg.models import build_model
+    from voxseg.runtime import autocast_dtype, resolve_device
+
     model = build_model(config.model.name, **config.model.options)
     run.load_best_weights(model)
     dev = resolve_device(device)
     model.to(dev).eval()
-    return Predictor(model, config, dev, autocast_dtype(precision or config.train.precision, dev))
+    amp = autocast_dtype(precision or config.train.precision, dev)
+    return Predictor(model, config, dev, amp)
 
 
 def infer_settings(
@@ -93,30 +151,16 @@ def infer_settings(
     return config.override({k: v for k, v in given.items() if v is not None}).infer
 
 
-def predict_image(
-    predictor: Predictor,
-    image: np.ndarray,
-    geometry: Geometry,
-    infer: InferConfig | None = None,
-    *,
+def finish(
+    config: RunConfig,
+    prob: np.ndarray,
+    record: PreprocessRecord,
+    infer: InferConfig,
     with_probabilities: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Mask or label map (and optionally probabilities) on `geometry` for one scan in HU."""
-    cfg = predictor.config
-    infer = infer or cfg.infer
-    regions = cfg.data.targets()
-    net_input, record = preprocess_image(image, geometry, cfg.preprocess)
-    prob = predict_probabilities(  # a volume smaller than the window is padded by it
-        predictor.model,
-        net_input,
-        window=infer.window,
-        overlap=infer.overlap,
-        tta=infer.tta,
-        device=predictor.device,
-        amp=predictor.amp,
-        pad_value=cfg.preprocess.pad_value,
-    )
-    del net_input
+    """Network-grid probabilities (C, ...) -> mask or label map (and probabilities) on the
+    source grid: keep-largest per output, restore, nest the regions."""
+    regions = config.data.targets()
     keep = infer.keep_largest * len(regions) if len(infer.keep_largest) == 1 else infer.keep_largest
     if len(keep) != len(prob):
         raise InputError(
@@ -128,12 +172,28 @@ def predict_image(
         if n:
             channel[...] = np.where(keep_largest(channel >= infer.threshold, n), channel, 0.0)
         masks.append(restore(channel, record, infer.threshold))
-    mask = label_map(np.stack(masks), regions) if cfg.data.regions else masks[0]
+    mask = label_map(np.stack(masks), regions) if config.data.regions else masks[0]
     probs = None
     if with_probabilities:
         probs = np.stack([restore_probabilities(channel, record) for channel in prob])
-        probs = probs if cfg.data.regions else probs[0]
+        probs = probs if config.data.regions else probs[0]
     return mask, probs
+
+
+def predict_image(
+    predictor: Predictor,
+    image: np.ndarray,
+    geometry: Geometry,
+    infer: InferConfig | None = None,
+    *,
+    with_probabilities: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mask or label map (and optionally probabilities) on `geometry` for one scan in HU."""
+    infer = infer or predictor.config.infer
+    net_input, record = preprocess_image(image, geometry, predictor.config.preprocess)
+    prob = predictor.probabilities(net_input, infer)
+    del net_input
+    return finish(predictor.config, prob, record, infer, with_probabilities)
 
 
 def output_paths(input_path: Path, output: Path, cases: list[Case], single: bool) -> list[Path]:
@@ -184,6 +244,46 @@ def _is_complete(path: Path, geometry: Geometry) -> bool:
     return info.geometry.same_grid(geometry)
 
 
+@dataclass(frozen=True)
+class _Job:
+    case: Case
+    path: Path | None
+    index: int
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    job: _Job
+    net_input: np.ndarray
+    record: PreprocessRecord
+    geometry: Geometry
+
+
+def _load(predictor: Predictor, job: _Job) -> _Loaded:
+    check_memory(read_info(job.case.image))
+    image, geometry = read_image(job.case.image)
+    net_input, record = preprocess_image(image, geometry, predictor.config.preprocess)
+    return _Loaded(job, net_input, record, geometry)
+
+
+def _finish_and_write(
+    predictor: Predictor, loaded: _Loaded, prob: np.ndarray, infer: InferConfig, probabilities
+) -> Prediction:
+    config, path, geometry = predictor.config, loaded.job.path, loaded.geometry
+    mask, probs = finish(config, prob, loaded.record, infer, probabilities)
+    if path is not None:
+        remove_stale_parts(path.parent, path.name)  # this case's leftovers from a crash
+        if config.data.regions:
+            write_image(path, mask, geometry, overwrite=True, note=file_note(config.data.targets()))
+        else:
+            write_mask(path, mask, geometry, overwrite=True, note=BINARY_NOTE)
+        if probs is not None:
+            channels = probs if config.data.regions else probs[None]
+            for q, channel in zip(probability_paths(path, config), channels, strict=True):
+                write_image(q, channel, geometry, overwrite=True)
+    return Prediction(loaded.job.case.case_id, mask, geometry, probs, path)
+
+
 def iter_predictions(
     predictor: Predictor,
     input_path: Path,
@@ -200,9 +300,14 @@ def iter_predictions(
     In a folder, outputs that already exist and read back on the input's grid are skipped
     (a rerun after a crash finishes the rest) and yielded with `skipped`; `overwrite` redoes
     them.
+
+    Reading and preprocessing the next case, and restoring and writing the previous one, run
+    in two background threads while the network runs; each holds at most one case, so
+    memory stays that of three. An error or Ctrl-C ends the run after the write in flight
+    (every write is atomic).
     """
     config = predictor.config
-    targets = config.data.targets()
+    infer = infer or config.infer
     dataset = discover(input_path)
     cases = list(dataset.cases)
     single = dataset.layout == "file"
@@ -219,34 +324,61 @@ def iter_predictions(
                 check_output(path, overwrite)
     rank, world = shard
     mine = list(zip(cases, paths, strict=True))[rank::world]
+    jobs = []
     for i, (case, path) in enumerate(mine, start=1):
-        info = read_info(case.image)
         done = path is not None and path.exists() and not overwrite and not single
         done = done and (
             not probabilities or all(q.exists() for q in probability_paths(path, config))
         )
-        if done and _is_complete(path, info.geometry):
+        geometry = read_info(case.image).geometry if done else None
+        if done and _is_complete(path, geometry):
             on_progress(Step("predicting", i, len(mine), f"{case.case_id} exists, kept"))
-            yield Prediction(case.case_id, None, info.geometry, path=path, skipped=True)
-            continue
-        check_memory(info)
-        image, geometry = read_image(case.image)
-        mask, probs = predict_image(
-            predictor, image, geometry, infer, with_probabilities=probabilities
-        )
-        del image
-        if path is not None:
-            remove_stale_parts(path.parent, path.name)  # this case's leftovers from a crash
-            if config.data.regions:
-                write_image(path, mask, geometry, overwrite=True, note=file_note(targets))
-            else:
-                write_mask(path, mask, geometry, overwrite=True, note=BINARY_NOTE)
-            if probs is not None:
-                channels = probs if config.data.regions else probs[None]
-                for q, channel in zip(probability_paths(path, config), channels, strict=True):
-                    write_image(q, channel, geometry, overwrite=True)
-        on_progress(Step("predicting", i, len(mine), case.case_id))
-        yield Prediction(case.case_id, mask, geometry, probs, path)
+            yield Prediction(case.case_id, None, geometry, path=path, skipped=True)
+        else:
+            jobs.append(_Job(case, path, i))
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="voxseg-read") as reader,
+        ThreadPoolExecutor(1, thread_name_prefix="voxseg-write") as writer,
+    ):
+        try:
+            yield from _pipeline(
+                predictor, jobs, infer, probabilities, reader, writer, on_progress, len(mine)
+            )
+        finally:  # an error or Ctrl-C: drop queued reads; the write in flight completes
+            reader.shutdown(wait=False, cancel_futures=True)
+
+
+def _pipeline(
+    predictor: Predictor,
+    jobs: list[_Job],
+    infer: InferConfig,
+    probabilities: bool,
+    reader: ThreadPoolExecutor,
+    writer: ThreadPoolExecutor,
+    on_progress: ProgressFn,
+    total: int,
+) -> Iterator[Prediction]:
+    """Read case k+1 and write case k-1 while the network predicts case k."""
+
+    def written(pending: tuple[_Job, Future]) -> Prediction:
+        job, future = pending
+        prediction = future.result()
+        on_progress(Step("predicting", job.index, total, job.case.case_id))
+        return prediction
+
+    loading = reader.submit(_load, predictor, jobs[0]) if jobs else None
+    pending = None
+    for k, job in enumerate(jobs):
+        loaded = loading.result()
+        loading = reader.submit(_load, predictor, jobs[k + 1]) if k + 1 < len(jobs) else None
+        prob = predictor.probabilities(loaded.net_input, infer)
+        if pending is not None:  # at most one case waits to be written
+            yield written(pending)
+        future = writer.submit(_finish_and_write, predictor, loaded, prob, infer, probabilities)
+        pending = (job, future)
+        del loaded, prob
+    if pending is not None:
+        yield written(pending)
 
 
 def predict(
@@ -260,13 +392,14 @@ def predict(
     keep_largest: int | None = None,
     probabilities: bool = False,
     overwrite: bool = False,
+    engine: Engine = "auto",
 ) -> list[Prediction]:
     """Python API: predict masks for every scan under `input` with the run in `model`.
 
     Returns each predicted case's mask and its source geometry (cases whose output already
     existed are left out); writes files when `output` is given.
     """
-    predictor = load_predictor(model, device)
+    predictor = load_predictor(model, device, engine=engine)
     infer = infer_settings(predictor.config, tta=tta, overlap=overlap, keep_largest=keep_largest)
     results = iter_predictions(
         predictor,

@@ -21,14 +21,23 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from voxseg import weights
 from voxseg.atomic import write_text
 from voxseg.config import RunConfig
 from voxseg.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _weights():
+    """The weights module, imported on use: it needs torch, and a torch-free prediction
+    (ONNX Runtime) reads the run's config through this module."""
+    from voxseg import weights
+
+    return weights
+
 
 _CONFIG = "config.json"
 _FINGERPRINT = "fingerprint.json"
@@ -145,7 +154,7 @@ class RunFolder:
         """Every file a run writes that exists now (previous copies included)."""
         names = [_CONFIG, _FINGERPRINT, _BEST, _METRICS, _CURVES, _ONNX, *_CHECKPOINTED]
         paths = [self.root / n for n in names]
-        paths += [weights.previous(self.root / n) for n in _CHECKPOINTED]
+        paths += [_weights().previous(self.root / n) for n in _CHECKPOINTED]
         return [p for p in paths if p.exists()]
 
     # ---- configuration ---------------------------------------------------------------------
@@ -175,10 +184,10 @@ class RunFolder:
         return state.files.get(_BEST) if state else None
 
     def load_best_weights(self, model: torch.nn.Module) -> None:
-        weights.load_model_weights(self.best_weights, model, self.best_weights_hash())
+        _weights().load_model_weights(self.best_weights, model, self.best_weights_hash())
 
     def save_best_weights(self, model: torch.nn.Module, state: TrainState) -> None:
-        state.files[_BEST] = weights.save_model(self.best_weights, model)
+        state.files[_BEST] = _weights().save_model(self.best_weights, model)
 
     # ---- training state --------------------------------------------------------------------
     def load_state(self) -> TrainState | None:
@@ -204,27 +213,27 @@ class RunFolder:
         hash of every file, so a kill at any moment leaves one state whose files are intact.
         """
         last, optim, path = (self.root / n for n in _CHECKPOINTED)
-        weights.rotate(last)
-        state.files[_LAST] = weights.save_model(last, model)
-        weights.rotate(optim)
-        state.files[_OPTIMIZER] = weights.save_tensors(optim, optimizer_tensors)
+        _weights().rotate(last)
+        state.files[_LAST] = _weights().save_model(last, model)
+        _weights().rotate(optim)
+        state.files[_OPTIMIZER] = _weights().save_tensors(optim, optimizer_tensors)
         data = state.to_dict()
         data["optimizer"] = optimizer_values
-        weights.rotate(path)
+        _weights().rotate(path)
         write_text(path, json.dumps(data, indent=2) + "\n")
 
     def latest_checkpoint(self) -> Checkpoint:
         """The newest saved state whose checkpoint files are intact (hash as recorded)."""
         state_path = self.root / _STATE
         problems = []
-        for path in (state_path, weights.previous(state_path)):
+        for path in (state_path, _weights().previous(state_path)):
             data = _read_json(path)
             if data is None:
                 problems.append(f"{path.name} unreadable")
                 continue
             recorded = data.get("files", {})
             found = {
-                name: weights.find_intact(self.root / name, recorded[name])
+                name: _weights().find_intact(self.root / name, recorded[name])
                 for name in (_LAST, _OPTIMIZER)
                 if name in recorded
             }

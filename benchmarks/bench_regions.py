@@ -1,0 +1,116 @@
+"""KiTS19 regions at equal CPU time: one `--regions kits` network against two binary models
+(kidney+tumour, tumour) that share the same total budget.
+
+CT-like cases are painted around the real KiTS19 label maps (cases 0-31 train, 32-49 test,
+see make_kits_like.py); predictions of unseen cases are scored on their original grids the
+way KiTS19 ranks them: kidney+tumour Dice, tumour Dice and their mean (the composite).
+
+    python benchmarks/bench_regions.py                  # 20 min regions vs 10 + 10 binary
+    python benchmarks/bench_regions.py --minutes 4      # a quick look
+
+Prints a table and writes benchmarks/results/regions.json. Needs ../shared/data/kits19-labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+
+from bench_quality import dataset, voxseg  # noqa: E402
+from make_kits_like import SHARED  # noqa: E402
+
+
+def train_and_predict(work: Path, name: str, train: Path, test: Path, minutes: float, args):
+    run, pred = work / "runs" / name, work / "pred" / name
+    started = time.monotonic()
+    voxseg("train", "--data", str(train), "--out", str(run), "--max-minutes", str(minutes),
+           "--overwrite", "--cache", str(work / "cache"), *args)  # fmt: skip
+    trained = time.monotonic() - started
+    voxseg("predict", "--model", str(run), "-i", str(test), "-o", str(pred), "--overwrite")
+    return run, pred, trained
+
+
+def combine(kidney: Path, tumour: Path, out: Path) -> Path:
+    """Two binary models' masks as one KiTS label map (tumour kept inside kidney+tumour, as
+    the region model's prediction is)."""
+    from voxseg.data.io import read_image, write_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(kidney.glob("*.nii.gz")):
+        kt, geometry = read_image(path)
+        tu, _ = read_image(tumour / path.name)
+        labels = np.where(kt > 0, np.where(tu > 0, 2, 1), 0).astype(np.uint8)
+        write_image(out / path.name, labels, geometry, overwrite=True)
+    return out
+
+
+def scores(pred: Path, test: Path) -> dict:
+    from voxseg.evaluation import evaluate_regions
+    from voxseg.regions import KITS
+
+    result = evaluate_regions(pred, test, KITS)
+    kt, tu = ({c.case_id: c.dice for c in r.cases} for r in result.results)
+    return {
+        "kidney_tumour_dice": statistics.fmean(kt.values()),
+        "tumour_dice": statistics.fmean(tu.values()),
+        "composite": result.composite_dice,
+        "tumour_dice_min": min(tu.values()),
+        "cases": {k: {"kidney_tumour": kt[k], "tumour": tu[k]} for k in sorted(kt)},
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=20.0, help="total budget of each variant")
+    p.add_argument("--work", type=Path, default=Path("/tmp/voxseg-bench-regions"))
+    p.add_argument("--variants", nargs="+", default=["regions", "binary"])
+    args = p.parse_args()
+    if not SHARED.is_dir():
+        raise SystemExit(f"{SHARED}: the real KiTS19 label maps are needed (shared data absent)")
+    train = dataset(args.work, 0, 32, "train")
+    test = dataset(args.work, 32, 18, "test")
+    rows = {}
+    if "regions" in args.variants:
+        _, pred, trained = train_and_predict(
+            args.work, "regions", train, test, args.minutes, ["--regions", "kits"]
+        )
+        rows["one network, --regions kits"] = {"train_wall_s": trained, **scores(pred, test)}
+    if "binary" in args.variants:
+        half = args.minutes / 2
+        _, kt, t1 = train_and_predict(
+            args.work, "kidney_tumour", train, test, half, ["--foreground", "1,2"]
+        )
+        _, tu, t2 = train_and_predict(args.work, "tumour", train, test, half, ["--foreground", "2"])
+        pred = combine(kt, tu, args.work / "pred" / "binary_pair")
+        rows["two binary models"] = {"train_wall_s": t1 + t2, **scores(pred, test)}
+    print(f"{'variant':30} {'train s':>8} {'kid+tum':>8} {'tumour':>8} {'t. min':>7} {'comp.':>7}")
+    for name, r in rows.items():
+        print(
+            f"{name:30} {r['train_wall_s']:>8.0f} {r['kidney_tumour_dice']:>8.4f} "
+            f"{r['tumour_dice']:>8.4f} {r['tumour_dice_min']:>7.3f} {r['composite']:>7.4f}"
+        )
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "regions.json"
+    record = {
+        "machine": {"cpu": platform.processor(), "cores": os.cpu_count()},
+        "minutes_per_variant": args.minutes,
+        "variants": rows,
+    }
+    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
