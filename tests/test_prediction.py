@@ -134,3 +134,44 @@ def test_tta_and_keep_largest_keep_the_grid(tmp_path: Path, runs):
     assert p.mask.shape == SHAPE and p.probabilities.shape == SHAPE
     prob, pg = read_image(tmp_path / "m_prob.nii.gz")
     assert pg.same_grid(g, atol=1e-5) and prob.dtype == np.float32
+
+
+def _cohort(root: Path, n: int, bad: int | None = None) -> Path:
+    """`n` scans of different sizes in one folder; scan `bad` is a damaged file."""
+    for i in range(n):
+        shape = (SHAPE[0] + i, SHAPE[1], SHAPE[2] - i)
+        image, _ = blob_case(shape, seed=i)
+        path = write_image(root / f"scan{i}.nii.gz", image, geometry_for(shape))
+        if i == bad:
+            path.write_bytes(path.read_bytes()[:200])  # cut short: unreadable
+    return root
+
+
+def test_overlapped_folder_prediction_equals_one_case_at_a_time(tmp_path: Path, runs):
+    data = _cohort(tmp_path / "in", 5)
+    predictor = load_predictor(runs["spacing"], device="cpu")
+    outs = {}
+    for background in (False, True):
+        out = tmp_path / f"out_{background}"
+        got = list(iter_predictions(predictor, data, out, background=background))
+        assert [p.case_id for p in got] == [f"scan{i}" for i in range(5)]  # input order
+        outs[background] = {p.name: read_image(p)[0] for p in sorted(out.iterdir())}
+    assert outs[True].keys() == outs[False].keys() and len(outs[True]) == 5
+    for name, mask in outs[True].items():
+        np.testing.assert_array_equal(mask, outs[False][name], err_msg=name)
+
+
+def test_a_bad_case_mid_cohort_ends_cleanly(tmp_path: Path, runs):
+    """The reader fails on case 2 while case 1 is predicted: the error surfaces, cases before
+    it are complete, and nothing half-written is left."""
+    from voxseg.errors import InputError
+
+    data = _cohort(tmp_path / "in", 5, bad=2)
+    out = tmp_path / "out"
+    predictor = load_predictor(runs["spacing"], device="cpu")
+    with pytest.raises(InputError, match="scan2"):
+        list(iter_predictions(predictor, data, out))
+    left = sorted(p.name for p in out.iterdir())
+    assert left == ["scan0.nii.gz", "scan1.nii.gz"]
+    for name in left:
+        assert read_image(out / name)[0].shape == read_image(data / name)[0].shape

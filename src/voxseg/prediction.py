@@ -294,6 +294,7 @@ def iter_predictions(
     overwrite: bool = False,
     shard: tuple[int, int] = (0, 1),
     on_progress: ProgressFn = ignore,
+    background: bool = True,
 ) -> Iterator[Prediction]:
     """Predict every scan under `input_path` (this shard's share); write to `output` if given.
 
@@ -304,7 +305,8 @@ def iter_predictions(
     Reading and preprocessing the next case, and restoring and writing the previous one, run
     in two background threads while the network runs; each holds at most one case, so
     memory stays that of three. An error or Ctrl-C ends the run after the write in flight
-    (every write is atomic).
+    (every write is atomic). `background=False` does it all in turn (the benchmark's
+    baseline).
     """
     config = predictor.config
     infer = infer or config.infer
@@ -336,6 +338,13 @@ def iter_predictions(
             yield Prediction(case.case_id, None, geometry, path=path, skipped=True)
         else:
             jobs.append(_Job(case, path, i))
+    if not background:
+        for job in jobs:
+            loaded = _load(predictor, job)
+            prob = predictor.probabilities(loaded.net_input, infer)
+            yield _finish_and_write(predictor, loaded, prob, infer, probabilities)
+            on_progress(Step("predicting", job.index, len(mine), job.case.case_id))
+        return
     with (
         ThreadPoolExecutor(1, thread_name_prefix="voxseg-read") as reader,
         ThreadPoolExecutor(1, thread_name_prefix="voxseg-write") as writer,
