@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "voxseg"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "_version"),
     ("atomic", "progress", "regions"),
-    ("geometry", "metrics", "config", "console"),
+    ("geometry", "metrics", "config", "console", "resample"),
     ("data",),  # files: io, nifti checks, discovery, label checks, inspection
     (
         "preprocess",
@@ -28,9 +28,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "postprocess",
         "dicom_seg",  # a mask as a DICOM SEG that references its source series (data/io)
     ),
-    ("prepared", "run_folder", "inference", "synth"),
+    ("prepared", "run_folder", "inference", "onnx_engine", "synth"),  # synth: tissue, checks,
+    # shapes, texture, finish, tumour, torso, case, background, paint, dataset (each imports
+    # only those listed before it)
     ("plots",),
-    ("prediction", "evaluation", "train"),  # training beside prediction, never under it
+    ("prediction", "export", "evaluation", "train"),  # training beside prediction, never under it
     ("report",),
     ("api", "demo"),
     ("cli",),

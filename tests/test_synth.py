@@ -1,7 +1,9 @@
-"""Synthetic CT: determinism, plausible HU and labels, KiTS19 layout on disk, real label maps."""
+"""Synthetic CT: determinism, plausible HU and labels, KiTS19 layout on disk, real label maps,
+and kidney tumours that look like renal cell carcinoma."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +191,90 @@ def test_write_dataset_needs_enough_labels(tmp_path):
         write_dataset(tmp_path / "out", 2, labels_dir=labels)
     with pytest.raises(InputError, match="no such folder"):
         write_dataset(tmp_path / "out", 1, labels_dir=tmp_path / "missing")
+
+
+# ---------------------------------------------------------------- tumours
+
+TUMOUR_SEEDS = (0, 1, 2)
+RANDOM_TUMOURS = (0, 6, 14, 17)
+"""random_case seeds whose tumour is 5 cm across or more (25-40 ml at 128^3): from that size on,
+necrosis is certain."""
+
+
+@dataclass(frozen=True)
+class _TumourStats:
+    """What a radiologist would look at, measured on the image alone."""
+
+    mean: float
+    """HU inside the tumour, one voxel in from its edge (no partial volume)."""
+    sd: float
+    cortex: float
+    """Mean HU of the brighter half of the kidney away from the tumour."""
+    noise: float
+    """SD of the air outside the body: the noise the scanner added."""
+    neighbours: float
+    """Correlation of neighbouring tumour voxels along the finest axis (0 for white noise)."""
+    necrotic: float
+    """Largest connected low-attenuation (< 50 HU) region, as a share of the tumour."""
+
+
+def _tumour_stats(image: np.ndarray, label: np.ndarray, spacing) -> _TumourStats:
+    hu = image.astype(np.float32)
+    tumour = label == 2
+    inner = ndimage.binary_erosion(tumour)
+    far = ndimage.distance_transform_edt(~tumour, sampling=spacing) > 5
+    kidney = hu[(label == 1) & far]
+    air = hu[hu < -900]  # clipped at -1024 below, so measure the upper half
+    axis = int(np.argmin(spacing))
+    pair = inner & np.roll(inner, -1, axis)
+    smooth = ndimage.gaussian_filter(hu, [1.5 / d for d in spacing])
+    low, _ = ndimage.label(inner & (smooth < 50))
+    return _TumourStats(
+        mean=float(hu[inner].mean()),
+        sd=float(hu[inner].std()),
+        cortex=float(kidney[kidney > np.median(kidney)].mean()),
+        noise=float(np.percentile(air, 84.13) - np.median(air)),
+        neighbours=float(np.corrcoef(hu[pair], np.roll(hu, -1, axis)[pair])[0, 1]),
+        necrotic=float(np.bincount(low.ravel())[1:].max(initial=0) / tumour.sum()),
+    )
+
+
+def _assert_looks_like_rcc(stats: _TumourStats) -> None:
+    assert stats.mean < stats.cortex - 15, stats  # enhances less than cortex
+    assert stats.sd > 1.5 * stats.noise, stats  # heterogeneous, not just noise
+    assert stats.neighbours > 0.4, stats  # and spatially correlated: texture, not white noise
+
+
+@pytest.fixture(scope="module")
+def kits_large_tumour() -> tuple[np.ndarray, Geometry]:
+    """case_00025: a 530 ml tumour (KiTS19's are median ~25 ml), at 2.2 x 2.2 x 2.5 mm."""
+    return _kits_label("case_00025", (3, 3, 1))
+
+
+@pytest.mark.parametrize("seed", TUMOUR_SEEDS)
+def test_painted_tumours_look_like_rcc(kits_large_tumour, seed):
+    label, geometry = kits_large_tumour
+    image = paint_ct(label, geometry.spacing, seed, geometry.direction_matrix)
+    stats = _tumour_stats(image, label, geometry.spacing)
+    _assert_looks_like_rcc(stats)
+    assert stats.necrotic > 0.03, stats  # a large tumour has a necrotic / cystic region
+
+
+@pytest.mark.parametrize("seed", RANDOM_TUMOURS)
+def test_random_tumours_look_like_rcc(seed):
+    case = random_case(seed, (128, 128, 128))
+    stats = _tumour_stats(case.image, case.label, case.geometry.spacing)
+    _assert_looks_like_rcc(stats)
+    assert stats.necrotic > 0.03, stats
+
+
+def test_tumour_looks_differ_between_seeds_and_repeat_within_one(kits_large_tumour):
+    label, geometry = kits_large_tumour
+    tumour = label == 2
+    paint = [paint_ct(label, geometry.spacing, s, geometry.direction_matrix) for s in (3, 4, 5)]
+    assert np.array_equal(paint[0], paint_ct(label, geometry.spacing, 3, geometry.direction_matrix))
+    means = [float(image[tumour].mean()) for image in paint]
+    assert max(means) - min(means) > 10, means
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        same = np.corrcoef(paint[a][tumour], paint[b][tumour])[0, 1]
+        assert same < 0.6, (a, b, same)  # texture and necrosis move, not only the level

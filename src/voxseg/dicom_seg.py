@@ -16,7 +16,7 @@ import numpy as np
 
 from voxseg._version import __version__
 from voxseg.atomic import atomic_path
-from voxseg.data.io import _dicom_files, check_output
+from voxseg.data.io import dicom_files, check_output
 from voxseg.errors import ConfigError, InputError
 from voxseg.geometry import Geometry
 
@@ -88,7 +88,7 @@ def series_files(folder: Path) -> list[Path]:
     """The instance files of the DICOM series in `folder` (a discovered `Case.image`), refused
     as `read_image` refuses them (several series, a missing slice). The SEG pairs frames with
     instances by position, so their order does not matter here."""
-    return [Path(f) for f in _dicom_files(Path(folder))]
+    return [Path(f) for f in dicom_files(Path(folder))]
 
 
 def write_dicom_seg(

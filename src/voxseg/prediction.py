@@ -38,6 +38,7 @@ from voxseg.regions import BINARY_NOTE, file_note, label_map
 from voxseg.run_folder import RunFolder
 
 Engine = Literal["auto", "torch", "onnx"]
+OutputFormat = Literal["nifti", "dicom-seg"]
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,19 @@ def predict_image(
     return finish(predictor.config, prob, record, infer, with_probabilities)
 
 
-def output_paths(input_path: Path, output: Path, cases: list[Case], single: bool) -> list[Path]:
+def output_paths(
+    input_path: Path, output: Path, cases: list[Case], single: bool, fmt: OutputFormat = "nifti"
+) -> list[Path]:
+    if fmt == "dicom-seg":
+        scans = [c.image for c in cases if not c.image.is_dir()]
+        if scans:
+            raise InputError(
+                f"{scans[0]}: --output-format dicom-seg needs DICOM series as input (a SEG "
+                "references its source slices); predict NIfTI for this scan"
+            )
+        if output.name.lower().endswith(".dcm") and len(cases) == 1:
+            return [output]
+        return [output / f"{c.case_id}.dcm" for c in cases]
     if single:
         if output.is_dir() or not output.name.lower().endswith(IMAGE_SUFFIXES):
             return [output / f"{cases[0].case_id}.nii.gz"]
@@ -271,7 +284,16 @@ def _finish_and_write(
 ) -> Prediction:
     config, path, geometry = predictor.config, loaded.job.path, loaded.geometry
     mask, probs = finish(config, prob, loaded.record, infer, probabilities)
-    if path is not None:
+    if path is not None and path.suffix.lower() == ".dcm":
+        from voxseg.dicom_seg import segment, series_files, write_dicom_seg
+
+        targets = config.data.targets()
+        segments = [segment(r.name, r.labels or (1,)) for r in targets]
+        if not config.data.regions:
+            segments = [segment(targets[0].name, (1,))]
+        files = series_files(loaded.job.case.image)
+        write_dicom_seg(mask, files, path, segments, geometry=geometry, overwrite=True)
+    elif path is not None:
         remove_stale_parts(path.parent, path.name)  # this case's leftovers from a crash
         if config.data.regions:
             write_image(path, mask, geometry, overwrite=True, note=file_note(config.data.targets()))
@@ -295,12 +317,14 @@ def iter_predictions(
     shard: tuple[int, int] = (0, 1),
     on_progress: ProgressFn = ignore,
     background: bool = True,
+    output_format: OutputFormat = "nifti",
 ) -> Iterator[Prediction]:
     """Predict every scan under `input_path` (this shard's share); write to `output` if given.
 
     In a folder, outputs that already exist and read back on the input's grid are skipped
     (a rerun after a crash finishes the rest) and yielded with `skipped`; `overwrite` redoes
-    them.
+    them. `output_format` 'dicom-seg' writes `<case_id>.dcm` DICOM Segmentations that
+    reference each input series (DICOM input only).
 
     Reading and preprocessing the next case, and restoring and writing the previous one, run
     in two background threads while the network runs; each holds at most one case, so
@@ -313,8 +337,10 @@ def iter_predictions(
     dataset = discover(input_path)
     cases = list(dataset.cases)
     single = dataset.layout == "file"
+    if output_format == "dicom-seg" and probabilities:
+        raise ConfigError("--probabilities writes NIfTI; leave out --output-format dicom-seg")
     paths = (
-        output_paths(input_path, output, cases, single)
+        output_paths(input_path, output, cases, single, output_format)
         if output is not None
         else [None] * len(cases)
     )

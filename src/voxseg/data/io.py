@@ -81,7 +81,7 @@ def _check_readable(path: Path) -> None:
         raise InputError(f"{path}: file is empty; re-download or re-export it")
 
 
-def _dicom_files(path: Path) -> list[str]:
+def dicom_files(path: Path) -> list[str]:
     """The series' files in slice order, refused unless the slices are evenly spaced."""
     import SimpleITK as sitk
 
@@ -253,7 +253,7 @@ def _read(path: Path):
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(_dicom_files(path))
+            reader.SetFileNames(dicom_files(path))
             img = reader.Execute()
         else:
             img = sitk.ReadImage(str(path))
