@@ -15,7 +15,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from voxseg._version import __version__
 from voxseg.data import discover
-from voxseg.data.io import read_image
+from voxseg.data.io import read_image, write_image
 from voxseg.dicom_seg import kits_segments, segment, series_files, write_dicom_seg
 from voxseg.errors import InputError, OutputExistsError
 
@@ -94,7 +94,10 @@ def _frames(seg: hd.seg.Segmentation) -> dict[tuple[str, int], np.ndarray]:
     frames = {}
     for item, frame in zip(seg.PerFrameFunctionalGroupsSequence, pixels, strict=True):
         (source,) = item.DerivationImageSequence[0].SourceImageSequence
-        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        # One segment: highdicom may share its identification across frames.
+        shared = seg.SharedFunctionalGroupsSequence[0]
+        ident = item.get("SegmentIdentificationSequence") or shared.SegmentIdentificationSequence
+        number = int(ident[0].ReferencedSegmentNumber)
         key = (source.ReferencedSOPInstanceUID, number)
         assert key not in frames, f"two frames of segment {number} on one instance"
         frames[key] = frame
@@ -253,3 +256,39 @@ def test_never_written_into_the_source_series(tmp_path: Path):
             kits_segments(),
             geometry=geometry,
         )
+
+
+def test_predict_writes_a_seg_per_series_aligned_with_the_nifti_mask(tmp_path: Path):
+    """`voxseg predict --output-format dicom-seg` on a folder of two series: each SEG frame
+    equals the NIfTI mask predicted on the slice of the instance it references."""
+    from tests.test_cli import invoke
+    from tests.test_prediction import _run_dir
+
+    run = _run_dir(tmp_path, "spacing")
+    root = tmp_path / "series"
+    for kind in ("axial_head_to_feet", "sagittal"):
+        _write_series(root / kind, kind)
+    seg_out, nii_out = tmp_path / "seg", tmp_path / "nii"
+    result = invoke(
+        "predict", "--model", run, "-i", root, "-o", seg_out, "--output-format", "dicom-seg"
+    )
+    assert result.exit_code == 0, result.output
+    assert invoke("predict", "--model", run, "-i", root, "-o", nii_out).exit_code == 0
+    for kind in ("axial_head_to_feet", "sagittal"):
+        mask, _ = read_image(nii_out / f"{kind}.nii.gz")
+        hu, _ = read_image(root / kind)
+        assert mask.any(), "the test model should find the bright 'kidney'"
+        seg = hd.seg.segread(seg_out / f"{kind}.dcm")
+        frames = _frames(seg)
+        for f in series_files(root / kind):
+            ds, pixels = _instance_hu(f)
+            k = int(np.flatnonzero(hu[:, 0, 0] == pixels[0, 0])[0])  # the slice it lies on
+            got = frames.get((ds.SOPInstanceUID, 1), np.zeros((ROWS, COLS)))
+            np.testing.assert_array_equal(got > 0, mask[k] > 0, err_msg=f"{kind} {f.name}")
+    # A scan that is not a DICOM series cannot get a SEG.
+    scan = tmp_path / "scan.nii.gz"
+    write_image(scan, hu, read_image(root / "sagittal")[1])
+    result = invoke(
+        "predict", "--model", run, "-i", scan, "-o", tmp_path / "x", "--output-format", "dicom-seg"
+    )
+    assert result.exit_code == 2 and "needs DICOM series" in result.output

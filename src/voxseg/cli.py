@@ -414,15 +414,23 @@ def predict(
             "`voxseg export` first). auto: torch when the run has its weights.",
         ),
     ] = "auto",
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--output-format",
+            help="nifti, or dicom-seg: a DICOM Segmentation per input series, referencing it.",
+        ),
+    ] = "nifti",
 ) -> None:
     """Predict masks on each input's exact grid (shape, spacing, origin, direction, axis order)."""
     from voxseg.distributed import shard_from_env
+    from voxseg.errors import ConfigError
     from voxseg.prediction import infer_settings, iter_predictions, load_predictor
 
     if engine not in ("auto", "torch", "onnx"):
-        from voxseg.errors import ConfigError
-
         raise ConfigError(f"--engine {engine!r}: choose auto, torch or onnx")
+    if output_format not in ("nifti", "dicom-seg"):
+        raise ConfigError(f"--output-format {output_format!r}: choose nifti or dicom-seg")
     predictor = load_predictor(model, device, engine=engine)
     infer = infer_settings(predictor.config, tta=tta, overlap=overlap, keep_largest=keep_largest)
     with ProgressUI(transient=True) as ui:
@@ -436,6 +444,7 @@ def predict(
                 overwrite=overwrite,
                 shard=shard_from_env(),
                 on_progress=ui.on_progress,
+                output_format=output_format,
             )
         )
     kept = sum(r.skipped for r in results)
