@@ -423,9 +423,8 @@ def predict(
     ] = "nifti",
 ) -> None:
     """Predict masks on each input's exact grid (shape, spacing, origin, direction, axis order)."""
-    from voxseg.distributed import shard_from_env
     from voxseg.errors import ConfigError
-    from voxseg.prediction import infer_settings, iter_predictions, load_predictor
+    from voxseg.prediction import infer_settings, iter_predictions, load_predictor, shard_from_env
 
     if engine not in ("auto", "torch", "onnx"):
         raise ConfigError(f"--engine {engine!r}: choose auto, torch or onnx")

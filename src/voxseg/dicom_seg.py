@@ -16,7 +16,7 @@ import numpy as np
 
 from voxseg._version import __version__
 from voxseg.atomic import atomic_path
-from voxseg.data.io import dicom_files, check_output
+from voxseg.data.io import check_output, dicom_files
 from voxseg.errors import ConfigError, InputError
 from voxseg.geometry import Geometry
 

@@ -20,11 +20,6 @@ def world_from_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def shard_from_env() -> tuple[int, int]:
-    """Prediction shard of this process: every world-size-th case starting at its rank."""
-    return world_from_env()
-
-
 @dataclass(frozen=True)
 class DistContext:
     rank: int

@@ -7,6 +7,7 @@ the input's shape, spacing, origin, direction and array axis order.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -94,6 +95,13 @@ class Prediction:
     path: Path | None = None
     skipped: bool = False
     """The output already existed on the input's grid and was kept (a rerun)."""
+
+
+def shard_from_env() -> tuple[int, int]:
+    """Prediction shard of this process under torchrun (rank, world size): every
+    world-size-th case from its rank; (0, 1) otherwise. Read here, not from
+    `voxseg.distributed`, so that ONNX prediction never imports torch."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def choose_engine(run: RunFolder, engine: Engine, device: str) -> Literal["torch", "onnx"]:
