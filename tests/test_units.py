@@ -83,7 +83,8 @@ def test_cache_is_rebuilt_when_a_setting_or_the_file_changes(kits_tiny: Path, tm
     coarser = replace(cfg, spacing=(4.0, 4.0, 4.0))
     assert cache_key(case, coarser, NON_ZERO) != cache_key(case, cfg, NON_ZERO)
     assert load_or_prepare(case, coarser, NON_ZERO, cache).image.shape != first.image.shape
-    assert cache_key(case, cfg, (Region("t", (2,)),)) != cache_key(case, cfg, NON_ZERO)  # another target
+    # another target
+    assert cache_key(case, cfg, (Region("t", (2,)),)) != cache_key(case, cfg, NON_ZERO)
     before = cache_key(case, cfg, NON_ZERO)
     os.utime(case.label, ns=(1, 1))  # the file changed (same size, other mtime)
     assert cache_key(case, cfg, NON_ZERO) != before

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from voxseg import resample
 from voxseg.config import PreprocessConfig
 from voxseg.geometry import Geometry, Reorientation, Shape3, Vec3
 from voxseg.regions import Region, encode
@@ -103,59 +104,6 @@ def target_shape(extent: Shape3, spacing: Vec3, target: Vec3) -> Shape3:
     )
 
 
-def _store(out: np.ndarray, index, values: np.ndarray, threshold: float | None) -> None:
-    out[index] = values if threshold is None else values >= threshold
-
-
-def _linear_axis0(
-    array: np.ndarray, size: int, out: np.ndarray, chunk: int, threshold: float | None = None
-) -> None:
-    """Linear resize along axis 0 (align_corners=False), chunked over axis 1."""
-    import torch
-    import torch.nn.functional as F
-
-    for start in range(0, array.shape[1], chunk):
-        block = torch.from_numpy(
-            np.ascontiguousarray(array[:, start : start + chunk], dtype=np.float32)
-        )
-        d0, d1, d2 = block.shape
-        flat = block.reshape(d0, d1 * d2).T[:, None, :]  # (columns, 1, d0)
-        res = F.interpolate(flat, size=size, mode="linear", align_corners=False)
-        _store(
-            out,
-            (slice(None), slice(start, start + chunk)),
-            res[:, 0, :].T.reshape(size, d1, d2).numpy(),
-            threshold,
-        )
-
-
-def _bilinear_axes12(
-    array: np.ndarray,
-    size: tuple[int, int],
-    out: np.ndarray,
-    chunk: int,
-    antialias: bool,
-    threshold: float | None = None,
-) -> None:
-    """Bilinear resize of axes 1-2 (align_corners=False), chunked over axis 0."""
-    import torch
-    import torch.nn.functional as F
-
-    shrink = size[0] < array.shape[1] or size[1] < array.shape[2]
-    for start in range(0, array.shape[0], chunk):
-        block = torch.from_numpy(
-            np.ascontiguousarray(array[start : start + chunk], dtype=np.float32)
-        )
-        res = F.interpolate(
-            block[:, None],
-            size=size,
-            mode="bilinear",
-            align_corners=False,
-            antialias=antialias and shrink,
-        )
-        _store(out, slice(start, start + chunk), res[:, 0].numpy(), threshold)
-
-
 def resize(
     array: np.ndarray,
     shape: Shape3,
@@ -164,31 +112,10 @@ def resize(
     chunk: int = 16,
     threshold: float | None = None,
 ) -> np.ndarray:
-    """Trilinear resize (align_corners=False) to `shape`, float32, with bounded memory.
-
-    With `threshold`, the result is a bool mask (value >= threshold) made chunk by chunk, so
-    no full-size float array is ever held.
-
-    Trilinear interpolation is separable, so it runs as a linear pass along axis 0 and a
-    bilinear pass over axes 1-2, each in chunks; the pass order keeps the float32 intermediate
-    small, which is what lets a 512x512x1000 scan go through in a few hundred MB.
-    """
-    shape = tuple(int(s) for s in shape)
-    if tuple(array.shape) == shape:
-        same = np.asarray(array, dtype=np.float32)
-        return same if threshold is None else same >= threshold
-    axis0_first = shape[0] * array.shape[1] * array.shape[2] <= array.shape[0] * shape[1] * shape[2]
-    if axis0_first:
-        mid = np.empty((shape[0], *array.shape[1:]), dtype=np.float32)
-        _linear_axis0(array, shape[0], mid, chunk)
-        out = np.empty(shape, dtype=np.float32 if threshold is None else bool)
-        _bilinear_axes12(mid, shape[1:], out, chunk, antialias, threshold)
-    else:
-        mid = np.empty((array.shape[0], *shape[1:]), dtype=np.float32)
-        _bilinear_axes12(array, shape[1:], mid, chunk, antialias)
-        out = np.empty(shape, dtype=np.float32 if threshold is None else bool)
-        _linear_axis0(mid, shape[0], out, chunk, threshold)
-    return out
+    """Trilinear resize (align_corners=False, PyTorch's formulas) to `shape`, float32, with
+    bounded memory; with `threshold`, a bool mask. Numpy only (`voxseg.resample`), so the
+    torch and ONNX Runtime engines preprocess identically and the latter needs no torch."""
+    return resample.resize(array, shape, antialias=antialias, chunk=chunk, threshold=threshold)
 
 
 def plan_record(
