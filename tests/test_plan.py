@@ -114,3 +114,13 @@ def test_the_thick_slice_topology_can_be_turned_off():
     )
     assert iso.config.model.options == {"base_channels": DEVICE_BUDGETS["cpu"].base_channels}
     assert iso.config.train.patch_size == (32, 128, 128)  # multiples of 16 on every axis
+
+
+def test_width_replaces_the_device_default_and_keeps_the_topology():
+    from voxseg.config import ModelConfig
+    from voxseg.train.plan import planned_model
+
+    default = planned_model(ModelConfig(), "cpu", (5.0, 1.6, 1.6))
+    wide = planned_model(ModelConfig(), "cpu", (5.0, 1.6, 1.6), width=16)
+    assert default.options["base_channels"] == 8 and wide.options["base_channels"] == 16
+    assert wide.options["strides"] == default.options["strides"]

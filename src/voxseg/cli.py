@@ -297,6 +297,10 @@ def train(
     cache: Annotated[
         Path | None, typer.Option("--cache", help="Preprocessed-case cache folder.")
     ] = None,
+    width: Annotated[
+        int | None,
+        typer.Option("--width", min=1, help="U-Net base width of the plan (default: 8 on CPU)."),
+    ] = None,
     anisotropic: Annotated[
         bool,
         typer.Option(
@@ -349,6 +353,7 @@ def train(
         overrides={k: v for k, v in given.items() if v is not None},
         preset=preset,
         anisotropic=anisotropic,
+        width=width,
         resume=resume,
         overwrite=overwrite,
         device=device,

@@ -125,13 +125,15 @@ def planned_model(
     device_class: DeviceClass,
     spacing=(1.0, 1.0, 1.0),
     anisotropic: bool = True,
+    width: int | None = None,
 ) -> ModelConfig:
     """The U-Net's width by device class and its topology by spacing (unless `anisotropic` is
-    off), unless the user chose its options. The thick-slice topology costs ~10 % per step
-    and won at equal time on thick-slice CT (benchmarks/RESULTS.md)."""
+    off), unless the user chose its options; `width` replaces the device's base width. The
+    thick-slice topology costs ~10 % per step and won at equal time on thick-slice CT
+    (benchmarks/RESULTS.md)."""
     if model.name != "unet" or model.options:
         return model
-    options = {"base_channels": DEVICE_BUDGETS[device_class].base_channels}
+    options = {"base_channels": width or DEVICE_BUDGETS[device_class].base_channels}
     strides, kernels = unet_topology(spacing)
     if anisotropic and any(s != [2, 2, 2] for s in strides):  # spell the topology out
         options |= {"strides": strides, "kernels": kernels}
@@ -146,6 +148,7 @@ def plan_default(
     device_class: DeviceClass,
     base: RunConfig | None = None,
     anisotropic: bool = True,
+    width: int | None = None,
 ) -> Plan:
     base = base or RunConfig()
     budget = DEVICE_BUDGETS[device_class]
@@ -171,7 +174,7 @@ def plan_default(
     if limited:
         notes.append("the data is large for this device: spacing coarsened to the limit")
     spacing = tuple(round(float(s), 3) for s in spacing)
-    model = planned_model(base.model, device_class, spacing, anisotropic)
+    model = planned_model(base.model, device_class, spacing, anisotropic, width)
     median_shape = tuple(int(round(e / s)) for e, s in zip(extent_mm, spacing, strict=True))
     divisor = size_divisor(model.name, **model.options)
     patch = patch_for(median_shape, budget.patch_voxels, divisor)

@@ -42,6 +42,8 @@ class TrainOptions:
     """Settings the user gave, as {"section.field": value} (`RunConfig.override` checks them)."""
     preset: str | None = None
     anisotropic: bool = True
+    width: int | None = None
+    """U-Net base width for the plan (None: the device class's default)."""
     """Plan a thick-slice U-Net topology (1x3x3 kernels, 1x2x2 strides at first) when the
     slices are much thicker than the pixels."""
     resume: bool = False
@@ -97,7 +99,7 @@ def resolve_config(
     else:
         device_class = "gpu" if device.type == "cuda" else "cpu"
         throughput = measure_throughput(
-            planned_model(base.model, device_class),
+            planned_model(base.model, device_class, width=o.width),
             device,
             o.overrides.get("train.precision", "auto"),
         )
@@ -108,6 +110,7 @@ def resolve_config(
             device_class=device_class,
             base=base,
             anisotropic=o.anisotropic,
+            width=o.width,
         )
         low, high = min(throughput.readings), max(throughput.readings)
         log(f"plan: throughput readings {low / 1e6:.2f}-{high / 1e6:.2f} Mvoxel/s")
