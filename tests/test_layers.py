@@ -39,7 +39,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("__main__", "__init__"),
 )
 RANK = {group: rank for rank, groups in enumerate(LAYERS) for group in groups}
-NEVER_INTO_TRAIN = ("prediction", "evaluation", "report", "plots", "inference", "postprocess")
+NEVER_INTO_TRAIN = (
+    *("prediction", "evaluation", "report", "plots", "inference", "postprocess"),
+    *("export", "onnx_engine", "dicom_seg", "regions", "resample"),
+)
 
 
 def _module_name(path: Path) -> str:
