@@ -3,6 +3,7 @@ resampling as the PyTorch path, and no torch import on the way."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -346,3 +347,27 @@ def test_cli_predicts_a_folder_without_torch_and_equals_the_torch_engine(
         onnx_mask, g2 = read_image(tmp_path / "onnx" / path.name)
         assert g2 == g
         np.testing.assert_array_equal(onnx_mask, torch_mask, err_msg=path.name)
+
+
+def test_an_export_older_than_the_weights_is_refused(run, tmp_path: Path):
+    """Training went on after the export: the ONNX engine refuses the stale graph."""
+    import shutil
+
+    from tests.test_cli import assert_user_error, invoke
+    from voxseg.run_folder import RunFolder
+    from voxseg.weights import save_model
+
+    copy = Path(shutil.copytree(run, tmp_path / "run"))
+    assert invoke("export", copy).exit_code == 0
+    folder = RunFolder(copy)
+    state = folder.load_state()
+    model = load_predictor(copy, device="cpu").model
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)  # the next best epoch's weights
+    state.files["model.safetensors"] = save_model(folder.best_weights, model)
+    (copy / "state.json").write_text(json.dumps(state.to_dict()))
+    data = run.parent / "kits"
+    result = invoke(
+        "predict", "--model", copy, "-i", data, "-o", tmp_path / "o", "--engine", "onnx"
+    )
+    assert_user_error(result, "older weights", "voxseg export")

@@ -33,7 +33,7 @@ from voxseg.errors import VoxsegError
 from voxseg.models import SeedCNN, build_model
 from voxseg.models.seed_cnn import seed_kernels
 from voxseg.models.shape import per_axis
-from voxseg.onnx_engine import DIVISOR_KEY, INPUT_NAME, OUTPUT_NAME
+from voxseg.onnx_engine import DIVISOR_KEY, INPUT_NAME, OUTPUT_NAME, WEIGHTS_KEY
 from voxseg.run_folder import RunFolder
 
 OPSET = 17
@@ -147,11 +147,16 @@ def _to_onnx(model: nn.Module, shape: tuple[int, int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def _with_divisor(graph: bytes, divisor: tuple[int, int, int]) -> bytes:
+def _with_metadata(graph: bytes, divisor: tuple[int, int, int], weights: str | None) -> bytes:
+    """The divisor (ONNX Runtime needs it without torch) and the weights' hash (a later
+    prediction refuses a model.onnx older than the run's weights)."""
     import onnx
 
     proto = onnx.load_from_string(graph)
-    onnx.helper.set_model_props(proto, {DIVISOR_KEY: json.dumps(list(divisor))})
+    props = {DIVISOR_KEY: json.dumps(list(divisor))}
+    if weights:
+        props[WEIGHTS_KEY] = weights
+    onnx.helper.set_model_props(proto, props)
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
 
@@ -191,7 +196,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool = F
     divisor = per_axis(model.divisor)
     graph = _to_onnx(model, tuple(2 * d for d in divisor))
     _verify(model, graph, tuple(3 * d for d in divisor), run.root)
-    data = _with_divisor(graph, divisor)
+    data = _with_metadata(graph, divisor, run.best_weights_hash())
     if out.root.resolve() != run.root.resolve():
         out.save_config(config)  # first: a model.onnx never stands without its config
     with atomic_path(out.onnx_model) as tmp:

@@ -28,6 +28,8 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 """Its output, (N, C, D, H, W) float32."""
 DIVISOR_KEY = "voxseg.divisor"
+WEIGHTS_KEY = "voxseg.weights_sha256"
+"""SHA-256 of the model.safetensors the graph was exported from."""
 """ONNX metadata: JSON [d, h, w] that spatial sizes must be multiples of."""
 SIGMA_SCALE = 0.125
 MIN_WEIGHT = 1e-3
@@ -41,6 +43,8 @@ class OnnxModel:
     """Spatial sizes the network accepts are multiples of this, per axis."""
     input_name: str
     output_name: str
+    weights_sha256: str | None = None
+    """Of the weights it was exported from (None: not recorded)."""
 
 
 def load_onnx(path: str | Path) -> OnnxModel:
@@ -61,7 +65,8 @@ def load_onnx(path: str | Path) -> OnnxModel:
             f"{path}: no {DIVISOR_KEY} in its metadata; export it with `voxseg export`"
         )
     divisor = tuple(int(d) for d in json.loads(meta[DIVISOR_KEY]))
-    return OnnxModel(session, divisor, session.get_inputs()[0].name, session.get_outputs()[0].name)
+    names = session.get_inputs()[0].name, session.get_outputs()[0].name
+    return OnnxModel(session, divisor, *names, weights_sha256=meta.get(WEIGHTS_KEY))
 
 
 def _probabilities(model: OnnxModel, volume: np.ndarray) -> np.ndarray:

@@ -133,7 +133,14 @@ def load_predictor(
     if choose_engine(run, engine, device) == "onnx":
         from voxseg.onnx_engine import load_onnx
 
-        return Predictor(load_onnx(run.onnx_model), config, engine="onnx")
+        model = load_onnx(run.onnx_model)
+        current = run.best_weights_hash() if run.best_weights.is_file() else None
+        if current and model.weights_sha256 and current != model.weights_sha256:
+            raise ConfigError(
+                f"{run.onnx_model}: exported from older weights than {run.best_weights.name} "
+                f"(training went on); run `voxseg export {run.root} --overwrite`"
+            )
+        return Predictor(model, config, engine="onnx")
     from voxseg.models import build_model
     from voxseg.runtime import autocast_dtype, resolve_device
 
