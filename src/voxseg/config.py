@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from voxseg.errors import ConfigError
-from voxseg.regions import Region, check_regions
+from voxseg.regions import Region, check_regions, label_words
 
 Triple = tuple[float, float, float]
 IntTriple = tuple[int, int, int]
@@ -75,7 +75,7 @@ class DataConfig:
         """What the network's outputs segment: the regions, or the one binary target."""
         if self.regions:
             return tuple(Region(n, r) for n, r in zip(self.region_names, self.regions, strict=True))
-        name = "foreground" if self.foreground is None else _label_name(self.foreground)
+        name = "foreground" if self.foreground is None else label_words(self.foreground)
         return (Region(name, self.foreground),)
 
     def check(self, source: str | None) -> None:
@@ -89,10 +89,6 @@ class DataConfig:
         if any(not r or min(r) < 1 for r in self.regions):
             raise ConfigError(f"{where}: every region needs positive label values")
         check_regions(self.targets(), where)
-
-
-def _label_name(values: tuple[int, ...]) -> str:
-    return ("label " if len(values) == 1 else "labels ") + ",".join(map(str, values))
 
 
 @dataclass(frozen=True)

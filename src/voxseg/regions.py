@@ -38,7 +38,8 @@ KITS = (Region("kidney+tumour", (1, 2)), Region("tumour", (2,)))
 """The regions KiTS19 is scored on (label 1 kidney, 2 tumour)."""
 
 
-def _describe(labels: tuple[int, ...]) -> str:
+def label_words(labels: tuple[int, ...]) -> str:
+    """`label 2` or `labels 1,2`."""
     return ("label " if len(labels) == 1 else "labels ") + ",".join(map(str, labels))
 
 
@@ -63,7 +64,7 @@ def parse_regions(text: str) -> tuple[Region, ...]:
                 f"{option}: give regions as positive label values separated by ';', "
                 "e.g. '1,2;2' or 'kidney=1,2;tumour=2' (or 'kits')"
             )
-        regions.append(Region(name.strip() or _describe(labels), labels))
+        regions.append(Region(name.strip() or label_words(labels), labels))
     return check_regions(tuple(regions), option)
 
 
@@ -164,6 +165,6 @@ def note_regions(note: str) -> tuple[tuple[int, ...], ...] | None:
 def describe(regions: tuple[Region, ...]) -> str:
     """One line: `kidney+tumour (labels 1,2); tumour (label 2)`."""
     return "; ".join(
-        f"{r.name} ({'every non-zero label' if r.labels is None else _describe(r.labels)})"
+        f"{r.name} ({'every non-zero label' if r.labels is None else label_words(r.labels)})"
         for r in regions
     )

@@ -42,10 +42,10 @@ class TrainOptions:
     """Settings the user gave, as {"section.field": value} (`RunConfig.override` checks them)."""
     preset: str | None = None
     anisotropic: bool = True
-    width: int | None = None
-    """U-Net base width for the plan (None: the device class's default)."""
     """Plan a thick-slice U-Net topology (1x3x3 kernels, 1x2x2 strides at first) when the
     slices are much thicker than the pixels."""
+    width: int | None = None
+    """U-Net base width for the plan (None: the device class's default)."""
     resume: bool = False
     overwrite: bool = False
     device: str = "auto"
