@@ -1,7 +1,8 @@
 """voxseg: 3D CNNs for binary segmentation of volumetric medical images.
 
 The Python API mirrors the command line and imports torch only when first used:
-`voxseg.fit`, `voxseg.predict`, `voxseg.evaluate`.
+`voxseg.fit`, `voxseg.predict` (`engine="onnx"` needs no torch), `voxseg.evaluate`,
+`voxseg.evaluate_regions`, `voxseg.export_onnx`.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from typing import Any
 
 from voxseg._version import __version__
 
-__all__ = ["evaluate", "fit", "predict", "__version__"]
+__all__ = ["evaluate", "evaluate_regions", "export_onnx", "fit", "predict", "__version__"]
 
 _LAZY = {
     "fit": ("voxseg.api", "fit"),
     "predict": ("voxseg.prediction", "predict"),
     "evaluate": ("voxseg.evaluation", "evaluate"),
+    "evaluate_regions": ("voxseg.evaluation", "evaluate_regions"),
+    "export_onnx": ("voxseg.export", "export_onnx"),
 }
 
 
