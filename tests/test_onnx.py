@@ -371,3 +371,23 @@ def test_an_export_older_than_the_weights_is_refused(run, tmp_path: Path):
         "predict", "--model", copy, "-i", data, "-o", tmp_path / "o", "--engine", "onnx"
     )
     assert_user_error(result, "older weights", "voxseg export")
+
+
+def test_auto_engine_takes_the_measured_faster_one(tmp_path: Path, monkeypatch):
+    """Both engines at hand: torch where bf16 autocast runs (fastest measured), ONNX Runtime
+    where torch would run fp32 on the CPU (ORT measured 1.35x faster); only one: that one."""
+    import voxseg.runtime
+    from voxseg.prediction import choose_engine
+    from voxseg.run_folder import RunFolder
+
+    run = RunFolder(tmp_path)
+    run.onnx_model.write_bytes(b"x")
+    assert choose_engine(run, "auto", "cpu") == "onnx"  # no weights
+    run.best_weights.write_bytes(b"x")
+    for fast_bf16, expected in ((True, "torch"), (False, "onnx")):
+        monkeypatch.setattr(voxseg.runtime, "cpu_has_fast_bf16", lambda v=fast_bf16: v)
+        assert choose_engine(run, "auto", "cpu") == expected
+    assert choose_engine(run, "auto", "cpu", precision="bf16") == "torch"
+    assert choose_engine(run, "torch", "cpu") == "torch"
+    run.onnx_model.unlink()
+    assert choose_engine(run, "auto", "cpu") == "torch"

@@ -416,7 +416,8 @@ def predict(
         typer.Option(
             "--engine",
             help="auto, torch or onnx (ONNX Runtime on the CPU, no torch; needs "
-            "`voxseg export` first). auto: torch when the run has its weights.",
+            "`voxseg export` first). auto: the faster one as measured (torch with bf16; "
+            "else ONNX Runtime when exported).",
         ),
     ] = "auto",
     output_format: Annotated[
