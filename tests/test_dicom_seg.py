@@ -213,6 +213,13 @@ def test_a_mask_of_another_shape_is_refused(tmp_path: Path):
     assert not (tmp_path / "seg.dcm").exists()
 
 
+def _write_kits(folder: Path, image: np.ndarray, out: Path, geometry) -> Path:
+    """The series' KiTS label map as a SEG, on `geometry`."""
+    return write_dicom_seg(
+        _labels(image), series_files(folder), out, kits_segments(), geometry=geometry
+    )
+
+
 def test_a_grid_that_is_not_the_series_is_refused(tmp_path: Path):
     """A mask one slice off (or of another scan with the same shape) never gets written."""
     folder = _write_series(tmp_path / "ct", "axial_head_to_feet")
@@ -221,13 +228,7 @@ def test_a_grid_that_is_not_the_series_is_refused(tmp_path: Path):
     flipped = replace(geometry, direction=(1.0, 0, 0, 0, -1.0, 0, 0, 0, -1.0))
     for wrong in (shifted, flipped):
         with pytest.raises(InputError) as exc:
-            write_dicom_seg(
-                _labels(image),
-                series_files(folder),
-                tmp_path / "seg.dcm",
-                kits_segments(),
-                geometry=wrong,
-            )
+            _write_kits(folder, image, tmp_path / "seg.dcm", wrong)
         assert "predicted on this series" in _message(exc)
 
 
@@ -235,13 +236,7 @@ def test_a_series_highdicom_refuses_is_an_input_error(tmp_path: Path):
     folder = _write_series(tmp_path / "ct", "axial_flipped", frame_of_reference=False)
     image, geometry = read_image(folder)
     with pytest.raises(InputError) as exc:
-        write_dicom_seg(
-            _labels(image),
-            series_files(folder),
-            tmp_path / "seg.dcm",
-            kits_segments(),
-            geometry=geometry,
-        )
+        _write_kits(folder, image, tmp_path / "seg.dcm", geometry)
     assert str(folder) in _message(exc) and "NIfTI" in _message(exc)
 
 

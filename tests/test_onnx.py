@@ -203,7 +203,7 @@ def test_load_onnx_refuses_other_files(tmp_path):
 
 
 # ---- (c) no torch on the ONNX path -----------------------------------------------------------
-NO_TORCH = """
+BLOCK_TORCH = """
 import sys
 
 class NoTorch:
@@ -212,7 +212,10 @@ class NoTorch:
             raise ImportError(f"torch is blocked in this test ({name})")
 
 sys.meta_path.insert(0, NoTorch())
-import numpy as np
+"""
+NO_TORCH = (
+    BLOCK_TORCH
+    + """import numpy as np
 from voxseg.onnx_engine import load_onnx, predict_probabilities_onnx
 from voxseg.resample import resize
 
@@ -223,6 +226,7 @@ assert prob.shape == (1, 20, 24, 24) and 0 < prob.min() <= prob.max() < 1, prob.
 assert "torch" not in sys.modules, "torch was imported"
 print("ok")
 """
+)
 
 
 def test_engine_and_resample_run_without_torch(exported):
@@ -297,16 +301,9 @@ def test_resample_threshold_and_integer_input(shape):
     )
 
 
-NO_TORCH_CLI = """
-import sys
-
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"torch is blocked in this test ({name})")
-
-sys.meta_path.insert(0, NoTorch())
-from voxseg.cli import main
+NO_TORCH_CLI = (
+    BLOCK_TORCH
+    + """from voxseg.cli import main
 
 sys.argv = ["voxseg", *sys.argv[1:]]
 try:
@@ -314,6 +311,7 @@ try:
 finally:
     assert "torch" not in sys.modules, "torch was imported"
 """
+)
 
 
 @pytest.mark.slow

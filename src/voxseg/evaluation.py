@@ -356,12 +356,13 @@ REGION_DEFINITIONS = {
 }
 
 
-def _check_label_maps(pairs: Sequence[CasePair], regions: tuple[Region, ...]) -> None:
+def _check_label_maps(pairs: Sequence[CasePair], regions: tuple[Region, ...]) -> bool:
     """Predictions voxseg wrote say in their header what they hold: refuse a binary model's
-    masks, or a label map of other regions, before scoring."""
+    masks, or a label map of other regions, before scoring. Returns whether the first file
+    is marked (voxseg wrote it)."""
     wanted = tuple(r.labels for r in regions)
-    for pair in pairs:
-        note = read_note(pair.pred)
+    notes = [read_note(pair.pred) for pair in pairs]
+    for pair, note in zip(pairs, notes, strict=True):
         if note == BINARY_NOTE:
             raise InputError(
                 f"{pair.pred}: a binary model's mask (its header says so) cannot be scored per "
@@ -376,6 +377,7 @@ def _check_label_maps(pairs: Sequence[CasePair], regions: tuple[Region, ...]) ->
                 f"'{';'.join(','.join(map(str, r or ())) for r in wanted)}'; give --regions "
                 f"'{shown}'"
             )
+    return bool(notes) and notes[0].startswith("voxseg")
 
 
 def evaluate_regions(
@@ -387,7 +389,7 @@ def evaluate_regions(
 ) -> RegionsResult:
     """Score label-map predictions region by region against label-map ground truth."""
     pairs, notes = pair_cases(Path(pred), Path(gt))
-    _check_label_maps(pairs, regions)
+    marked = _check_label_maps(pairs, regions)
     cases = [[] for _ in regions]
     totals = [ConfusionCounts(0, 0, 0, 0) for _ in regions]
     highest = 0
@@ -400,8 +402,7 @@ def evaluate_regions(
             cases[r].append(case_metrics(pair.case_id, pred_mask, gt_mask, gt_geom.spacing))
         on_progress(Step("evaluating", i, len(pairs), pair.case_id))
     unreachable = [r.name for r in regions if r.labels is not None and 1 not in r.labels]
-    unmarked = not any(read_note(p.pred).startswith("voxseg") for p in pairs[:1])
-    if highest <= 1 and unreachable and unmarked:  # not written by voxseg: values tell
+    if highest <= 1 and unreachable and not marked:  # not written by voxseg: values tell
         raise InputError(
             f"{pred}: holds binary masks (values 0 and 1 only), but region {unreachable[0]!r} "
             "needs other label values; score a binary model without --regions (with "

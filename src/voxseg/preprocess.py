@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voxseg import resample
 from voxseg.config import PreprocessConfig
 from voxseg.geometry import Geometry, Reorientation, Shape3, Vec3
 from voxseg.regions import Region, encode
+from voxseg.resample import resize  # numpy: both engines preprocess identically, no torch
 
 BODY_HU = -500.0
 """Voxels above this HU count as body when cropping (air is about -1000, fat -100)."""
@@ -102,20 +102,6 @@ def target_shape(extent: Shape3, spacing: Vec3, target: Vec3) -> Shape3:
     return tuple(
         max(1, int(round(n * s / t))) for n, s, t in zip(extent, spacing, target, strict=True)
     )
-
-
-def resize(
-    array: np.ndarray,
-    shape: Shape3,
-    *,
-    antialias: bool = False,
-    chunk: int = 16,
-    threshold: float | None = None,
-) -> np.ndarray:
-    """Trilinear resize (align_corners=False, PyTorch's formulas) to `shape`, float32, with
-    bounded memory; with `threshold`, a bool mask. Numpy only (`voxseg.resample`), so the
-    torch and ONNX Runtime engines preprocess identically and the latter needs no torch."""
-    return resample.resize(array, shape, antialias=antialias, chunk=chunk, threshold=threshold)
 
 
 def plan_record(

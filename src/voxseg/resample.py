@@ -1,9 +1,10 @@
-"""Trilinear resize in numpy, equal to `preprocess.resize` (torch's F.interpolate, linear and
-bilinear, align_corners=False, with or without antialias) to float32 rounding, without torch.
+"""Trilinear resize in numpy, equal to torch's F.interpolate (linear and bilinear,
+align_corners=False, with or without antialias) to float32 rounding, without torch.
 
-The ONNX Runtime engine runs where torch is not installed, so it cannot resample through
-F.interpolate. The weights are torch's, computed in float32 as ATen computes them; the sums
-differ from torch's only in their order of rounding (about 1e-7 relative).
+Preprocessing resamples with it for both engines: the ONNX Runtime engine runs where torch is
+not installed, so it cannot resample through F.interpolate. The weights are torch's, computed
+in float32 as ATen computes them; the sums differ from torch's only in their order of
+rounding (about 1e-7 relative).
 
 Each axis is one 1-D operator (`Taps`): output i = sum_k weight[i, k] * input[index[i, k]].
 Along the first two axes it runs as a few multiply-adds of whole rows or planes per output
@@ -213,10 +214,11 @@ def resize(
     threshold: float | None = None,
 ) -> np.ndarray:
     """Trilinear resize (align_corners=False) to `shape`, float32, with bounded memory: the
-    same values as `voxseg.preprocess.resize` (same arguments) to float32 rounding.
+    values of PyTorch's F.interpolate (bilinear over axes 1-2, linear along axis 0) to float32
+    rounding; preprocessing uses it for both engines.
 
     With `threshold`, the result is a bool mask (value >= threshold) made plane by plane.
-    Axis 0 is never antialiased, as in `preprocess.resize`; the pass order is the same, so the
+    Axis 0 is never antialiased; the pass order is the same, so the
     float32 intermediate is the smaller of the two possible ones.
     """
     shape = tuple(int(s) for s in shape)
