@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from tests.conftest import blob_case, geometry_for, write_case
 from voxseg.config import RunConfig
 from voxseg.data import discover
 from voxseg.train.fingerprint import Fingerprint, Intensity, measure_fingerprint
@@ -124,3 +126,47 @@ def test_width_replaces_the_device_default_and_keeps_the_topology():
     wide = planned_model(ModelConfig(), "cpu", (5.0, 1.6, 1.6), width=16)
     assert default.options["base_channels"] == 8 and wide.options["base_channels"] == 16
     assert wide.options["strides"] == default.options["strides"]
+
+
+def _two_label_cases(root: Path, tumour_hu: float) -> list:
+    """A large label 1 near 180 HU and a label 2 a few % of its size at `tumour_hu`."""
+    for i in range(3):
+        image, label = blob_case(shape=(16, 24, 24), seed=i)
+        rng = np.random.default_rng(i)
+        image = image.astype(np.float32)
+        label[label == 2] = 1
+        centre = np.argwhere(label).mean(axis=0)
+        grid = np.indices(label.shape) - centre[:, None, None, None]
+        small = (label == 1) & ((grid**2).sum(axis=0) < 2.0**2)
+        label[small] = 2
+        image[small] = tumour_hu + rng.normal(0, 5, int(small.sum()))
+        write_case(root / f"case_{i:05d}", image.astype(np.int16), label, geometry_for(image.shape))
+    return discover(root).labelled
+
+
+@pytest.mark.parametrize("tumour_hu", [-20.0, 60.0, 320.0])
+def test_the_window_covers_every_label_however_small(tmp_path: Path, tumour_hu):
+    cases = _two_label_cases(tmp_path / f"d{tumour_hu}", tumour_hu)
+    stats = measure_fingerprint(cases, foreground=None).intensity
+    one, two = stats.by_label
+    assert (one.value, two.value) == (1, 2)
+    assert two.samples < one.samples / 5  # the small label is outvoted when voxels are pooled
+    assert stats.p005 <= min(one.p005, two.p005) and stats.p995 >= max(one.p995, two.p995)
+    assert stats.p005 < tumour_hu < stats.p995
+    # Equal weights: the mean sits halfway between the labels' means, not near the large one.
+    assert stats.mean == pytest.approx((one.mean + two.mean) / 2)
+    assert stats.std > abs(one.mean - two.mean) / 2 - 1
+    assert Fingerprint.from_dict(measure_fingerprint(cases, None).to_dict()).intensity == stats
+
+
+def test_the_window_ignores_labels_outside_the_target(tmp_path: Path):
+    cases = _two_label_cases(tmp_path / "d", -20.0)
+    stats = measure_fingerprint(cases, foreground=(1,)).intensity
+    assert [b.value for b in stats.by_label] == [1]
+    assert stats.p005 > 100  # the dark label 2 is not the target: it does not widen the window
+
+
+def test_a_fingerprint_without_per_label_intensity_still_loads():
+    d = KITS_LIKE.to_dict()
+    d["intensity"].pop("by_label", None)
+    assert Fingerprint.from_dict(d).intensity.p005 == KITS_LIKE.intensity.p005

@@ -3,7 +3,8 @@
 A pure function of (fingerprint, throughput, budget, device class): no file is read and
 nothing is timed here, so a plan can be tested exactly and reproduced on another machine.
 
-- Intensity: clip to the 0.5-99.5 percentiles of foreground HU, standardise with their mean/std.
+- Intensity: clip to a window covering every foreground label's 0.5-99.5 HU percentiles,
+  standardise with their equal-weight mean/std (a small tumour is not outvoted by the kidney).
 - Spacing: the median spacing, coarsened (finest axes first, at most MAX_COARSENING times)
   until the median case fits the device class's voxel budget.
 - Patch: the median case at that spacing, shrunk evenly to the device class's patch size.
