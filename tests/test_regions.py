@@ -23,8 +23,10 @@ from voxseg.regions import (
     encode,
     file_note,
     label_map,
+    label_words,
     nest,
     note_regions,
+    parse_label_values,
     parse_regions,
 )
 
@@ -36,6 +38,7 @@ from voxseg.regions import (
         ("1,2;2", (Region("labels 1,2", (1, 2)), Region("label 2", (2,)))),
         ("organ=3,1;lesion=3", (Region("organ", (1, 3)), Region("lesion", (3,)))),
         ("1;2", (Region("label 1", (1,)), Region("label 2", (2,)))),  # disjoint is fine
+        ("2 1; 2", (Region("labels 1,2", (1, 2)), Region("label 2", (2,)))),  # as --foreground
     ],
 )
 def test_regions_parse(text, expected):
@@ -57,6 +60,24 @@ def test_bad_regions_are_refused_naming_the_option(text, needle):
     with pytest.raises(ConfigError, match="--regions") as info:
         parse_regions(text)
     assert needle in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1,2", (1, 2)), ("2 1", (1, 2)), ("2, 2,1", (1, 2)), ("1.5", ()), ("0,1", ()), ("a", ())],
+)
+def test_foreground_and_regions_read_label_values_alike(text, expected):
+    from voxseg.cli import _parse_foreground
+
+    assert parse_label_values(text) == expected
+    if expected:
+        assert _parse_foreground(text) == expected
+        assert parse_regions(text) == (Region(label_words(expected), expected),)
+    else:
+        with pytest.raises(ConfigError, match="--foreground"):
+            _parse_foreground(text)
+        with pytest.raises(ConfigError, match="--regions"):
+            parse_regions(text)
 
 
 def test_encode_and_channels_round_trip_every_region():

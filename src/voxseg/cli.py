@@ -46,14 +46,12 @@ def _root(
 
 def _parse_foreground(value: str | None) -> tuple[int, ...] | None:
     from voxseg.errors import ConfigError
+    from voxseg.regions import parse_label_values
 
     if value is None or value.strip().lower() in ("", "all", "nonzero"):
         return None
-    try:
-        values = tuple(int(v) for v in value.replace(",", " ").split())
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
+    values = parse_label_values(value)
+    if not values:
         raise ConfigError(
             f"--foreground {value!r}: give positive label values like '2' or '1,2' "
             "(0 is background)"

@@ -55,17 +55,24 @@ def parse_regions(text: str) -> tuple[Region, ...]:
     regions = []
     for part in text.split(";"):
         name, _, values = part.rpartition("=")
-        try:
-            labels = tuple(sorted({int(v) for v in values.split(",") if v.strip()}))
-        except ValueError:
-            labels = ()
-        if not labels or min(labels) < 1:
+        labels = parse_label_values(values)
+        if not labels:
             raise ConfigError(
                 f"{option}: give regions as positive label values separated by ';', "
                 "e.g. '1,2;2' or 'kidney=1,2;tumour=2' (or 'kits')"
             )
         regions.append(Region(name.strip() or label_words(labels), labels))
     return check_regions(tuple(regions), option)
+
+
+def parse_label_values(text: str) -> tuple[int, ...]:
+    """'1,2', '1 2' or '2, 1' -> (1, 2); () when any part is not a positive integer, so the
+    caller names its own option in the error (--foreground and --regions share this)."""
+    try:
+        values = {int(v) for v in text.replace(",", " ").split()}
+    except ValueError:
+        return ()
+    return tuple(sorted(values)) if values and min(values) >= 1 else ()
 
 
 def check_regions(regions: tuple[Region, ...], source: str) -> tuple[Region, ...]:
