@@ -156,12 +156,10 @@ def _run_facts(config: RunConfig, state: TrainState | None) -> list[tuple[str, s
     return facts
 
 
-def _run_section(run: RunFolder) -> list[str]:
+def _run_section(run: RunFolder, config: RunConfig | ConfigError) -> list[str]:
     parts = []
-    try:
-        config = run.load_config()
-    except ConfigError as exc:
-        parts.append(f'<p class="note">{_e(exc)}</p>')
+    if isinstance(config, ConfigError):
+        parts.append(f'<p class="note">{_e(config)}</p>')
     else:
         facts = _run_facts(config, run.load_state())
         parts.append(
@@ -327,13 +325,20 @@ def write_report(
         facts += [("predictions", str(pred_dir)), ("ground truth", str(gt))]
     parts.append('<p class="muted">' + " · ".join(f"{_e(k)}: {_e(v)}" for k, v in facts) + "</p>")
     run = RunFolder(Path(run_dir)) if run_dir is not None else None
+    config: RunConfig | ConfigError | None = None
     if run is not None:
-        parts += _run_section(run)
+        try:
+            config = run.load_config()
+        except ConfigError as exc:  # shown in the report; fatal only if scoring needs it
+            config = exc
+        parts += _run_section(run, config)
     if pred_dir is not None and gt is not None:
         from voxseg.evaluation import evaluate, evaluate_regions
 
         if foreground is None and regions is None and run is not None and run.config_path.is_file():
-            data = run.load_config().data  # score what the run learned
+            if isinstance(config, ConfigError):
+                raise config
+            data = config.data  # score what the run learned
             foreground, regions = data.foreground, data.targets() if data.regions else None
         if regions:
             parts += _regions_section(evaluate_regions(pred_dir, gt, regions), max_cases)
