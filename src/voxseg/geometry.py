@@ -13,9 +13,13 @@ Conventions (the same everywhere in voxseg):
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 Vec3 = tuple[float, float, float]
 Shape3 = tuple[int, int, int]
@@ -123,6 +127,10 @@ class Reorientation:
             flips[2 - perm[c]] = signs[c] < 0
         return cls(axes=tuple(axes), flips=tuple(flips))
 
+    def permute(self, values: Sequence[T]) -> tuple[T, T, T]:
+        """Per-axis values of a file-layout array (its shape, its spacing) in canonical order."""
+        return tuple(values[a] for a in self.axes)
+
     @property
     def is_identity(self) -> bool:
         return self.axes == (0, 1, 2) and not any(self.flips)
@@ -140,8 +148,7 @@ class Reorientation:
     def apply_geometry(self, geometry: Geometry) -> Geometry:
         """The geometry of ``apply(array)``: the same voxels in the world, canonical layout."""
         old = geometry.index_to_world()
-        shape = tuple(geometry.shape[a] for a in self.axes)
-        spacing = tuple(geometry.spacing[a] for a in self.axes)
+        shape, spacing = self.permute(geometry.shape), self.permute(geometry.spacing)
         # ITK index of canonical voxel 0 in the old grid, and the old index axis per new one.
         start = np.zeros(3)
         cols = np.zeros((3, 3))

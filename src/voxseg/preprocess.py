@@ -36,11 +36,11 @@ class PreprocessRecord:
 
     @property
     def canonical_shape(self) -> Shape3:
-        return tuple(self.source.shape[a] for a in self.reorientation.axes)
+        return self.reorientation.permute(self.source.shape)
 
     @property
     def canonical_spacing(self) -> Vec3:
-        return tuple(self.source.spacing[a] for a in self.reorientation.axes)
+        return self.reorientation.permute(self.source.spacing)
 
     @property
     def spacing(self) -> Vec3:
@@ -109,8 +109,7 @@ def plan_record(
 ) -> PreprocessRecord:
     """Decide crop and resampled shape for one case (`canonical` is the reoriented image)."""
     reorientation = Reorientation.to_canonical(source)
-    cshape = tuple(source.shape[a] for a in reorientation.axes)
-    cspacing = tuple(source.spacing[a] for a in reorientation.axes)
+    cshape, cspacing = reorientation.permute(source.shape), reorientation.permute(source.spacing)
     if cfg.crop_body and canonical is not None:
         crop = body_box(canonical, cspacing)
     else:

@@ -39,7 +39,7 @@ def _case_overlay(
         ct, _ = read_image(files.image)
         image = ct if ct.shape == gt.shape else None  # a mismatched CT is shown as grey
     to_canonical = Reorientation.to_canonical(geometry)
-    spacing = tuple(geometry.spacing[a] for a in to_canonical.axes)
+    spacing = to_canonical.permute(geometry.spacing)
     gt_masks = np.stack([to_canonical.apply(r.mask(gt)) for r in regions])
     if label_map:
         pred_masks = np.stack([to_canonical.apply(r.mask(pred)) for r in regions])

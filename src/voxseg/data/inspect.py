@@ -46,11 +46,11 @@ def inspect_case(case: Case, foreground: tuple[int, ...] | None = None) -> CaseI
         fraction = float(np.count_nonzero(binary_target(label, foreground))) / label.size
         label_dtype = str(label.dtype)
     g = info.geometry
-    axes = Reorientation.to_canonical(g).axes
+    to_canonical = Reorientation.to_canonical(g)
     return CaseInfo(
         case_id=case.case_id,
-        shape=tuple(g.shape[a] for a in axes),
-        spacing=tuple(round(g.spacing[a], 4) for a in axes),
+        shape=to_canonical.permute(g.shape),
+        spacing=tuple(round(s, 4) for s in to_canonical.permute(g.spacing)),
         orientation=g.orientation,
         dtype=info.dtype,
         label_dtype=label_dtype,

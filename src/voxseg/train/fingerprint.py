@@ -122,9 +122,9 @@ def measure_fingerprint(cases: Sequence[Case], foreground: tuple[int, ...] | Non
     shapes, spacings = [], []
     for case in cases:
         g = read_info(case.image).geometry
-        axes = Reorientation.to_canonical(g).axes
-        shapes.append(tuple(g.shape[a] for a in axes))
-        spacings.append(tuple(float(g.spacing[a]) for a in axes))
+        to_canonical = Reorientation.to_canonical(g)
+        shapes.append(to_canonical.permute(g.shape))
+        spacings.append(tuple(float(s) for s in to_canonical.permute(g.spacing)))
     return Fingerprint(
         tuple(c.case_id for c in cases),
         tuple(shapes),
