@@ -7,8 +7,10 @@ way KiTS19 ranks them: kidney+tumour Dice, tumour Dice and their mean (the compo
 
     python benchmarks/bench_regions.py                  # 20 min regions vs 10 + 10 binary
     python benchmarks/bench_regions.py --minutes 4      # a quick look
+    python benchmarks/bench_regions.py --variants regions --tag ds \
+        --train-args "--deep-supervision"                # one change, regions only
 
-Prints a table and writes benchmarks/results/regions.json. Needs ../shared/data/kits19-labels.
+Prints a table and writes benchmarks/results/regions[_TAG].json. Needs ../shared/data/kits19-labels.
 """
 
 from __future__ import annotations
@@ -76,23 +78,28 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=20.0, help="total budget of each variant")
     p.add_argument("--work", type=Path, default=Path("/tmp/voxseg-bench-regions"))
     p.add_argument("--variants", nargs="+", default=["regions", "binary"])
+    p.add_argument("--tag", default="", help="label of this run in the JSON's name")
+    p.add_argument("--train-args", default="", help="extra `voxseg train` options of every model")
     args = p.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED}: the real KiTS19 label maps are needed (shared data absent)")
     train = dataset(args.work, 0, 32, "train")
     test = dataset(args.work, 32, 18, "test")
     rows = {}
+    extra = args.train_args.split()
     if "regions" in args.variants:
         _, pred, trained = train_and_predict(
-            args.work, "regions", train, test, args.minutes, ["--regions", "kits"]
+            args.work, "regions", train, test, args.minutes, ["--regions", "kits", *extra]
         )
         rows["one network, --regions kits"] = {"train_wall_s": trained, **scores(pred, test)}
     if "binary" in args.variants:
         half = args.minutes / 2
         _, kt, t1 = train_and_predict(
-            args.work, "kidney_tumour", train, test, half, ["--foreground", "1,2"]
+            args.work, "kidney_tumour", train, test, half, ["--foreground", "1,2", *extra]
         )
-        _, tu, t2 = train_and_predict(args.work, "tumour", train, test, half, ["--foreground", "2"])
+        _, tu, t2 = train_and_predict(
+            args.work, "tumour", train, test, half, ["--foreground", "2", *extra]
+        )
         pred = combine(kt, tu, args.work / "pred" / "binary_pair")
         rows["two binary models"] = {"train_wall_s": t1 + t2, **scores(pred, test)}
     print(f"{'variant':30} {'train s':>8} {'kid+tum':>8} {'tumour':>8} {'t. min':>7} {'comp.':>7}")
@@ -102,8 +109,10 @@ def main() -> None:
             f"{r['tumour_dice']:>8.4f} {r['tumour_dice_min']:>7.3f} {r['composite']:>7.4f}"
         )
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "regions.json"
+    out = RESULTS / f"regions{'_' + args.tag if args.tag else ''}.json"
     record = {
+        "tag": args.tag,
+        "train_args": extra,
         "machine": {"cpu": platform.processor(), "cores": os.cpu_count()},
         "minutes_per_variant": args.minutes,
         "variants": rows,

@@ -174,14 +174,15 @@ def test_config_refuses_foreground_with_regions_and_upgrades_keep_largest(tmp_pa
 
 @pytest.fixture(scope="module")
 def region_run(tmp_path_factory) -> Path:
-    """A tiny U-Net trained with --regions kits on four KiTS-layout cases (1 and 2 labels)."""
+    """A tiny U-Net trained with --regions kits and deep supervision on four KiTS-layout cases
+    (1 and 2 labels)."""
     root = tmp_path_factory.mktemp("regions")
     for i in range(4):
         image, label = blob_case((20, 32, 36), seed=i)
         write_case(root / "kits" / f"case_{i:05d}", image, label, geometry_for(image.shape))
     args = ["train", "--data", root / "kits", "--out", root / "run", "--regions", "kits"]
     args += ["--model", "unet", "--shape", "32", "32", "32", "--epochs", "2"]
-    result = invoke(*args, "--cache", root / "cache")
+    result = invoke(*args, "--deep-supervision", "--cache", root / "cache")
     assert result.exit_code == 0, result.output
     return root / "run"
 
@@ -190,6 +191,7 @@ def region_run(tmp_path_factory) -> Path:
 def test_region_model_predicts_a_label_map_on_the_exact_grid(region_run, tmp_path):
     config = RunConfig.load(region_run / "config.json")
     assert config.data.targets() == KITS and config.model.options["out_channels"] == 2
+    assert config.model.options["deep_supervision"]  # one head per region at every level
     assert len(config.infer.keep_largest) == 2  # chosen per region on validation
     data = region_run.parent / "kits"
     out = tmp_path / "pred"
@@ -257,3 +259,11 @@ def test_regions_need_the_unet(tmp_path, kits_tiny):
     assert_user_error(result, "--regions needs the U-Net")
     result = invoke("train", "--data", kits_tiny, "--out", tmp_path / "r", "--regions", "2;1,2")
     assert_user_error(result, "--regions '2;1,2'", "largest to the smallest")
+
+
+@pytest.mark.parametrize("choice", [("--preset", "seed"), ("--model", "seed")])
+def test_deep_supervision_needs_the_unet(tmp_path, kits_tiny, choice):
+    out = tmp_path / "r"
+    result = invoke("train", "--data", kits_tiny, "--out", out, "--deep-supervision", *choice)
+    assert_user_error(result, "--deep-supervision needs the U-Net")
+    assert not out.exists()  # refused before anything was written

@@ -299,6 +299,13 @@ def train(
         int | None,
         typer.Option("--width", min=1, help="U-Net base width of the plan (default: 8 on CPU)."),
     ] = None,
+    deep_supervision: Annotated[
+        bool,
+        typer.Option(
+            "--deep-supervision",
+            help="Also train the U-Net's coarser decoder outputs (nnU-Net's deep supervision).",
+        ),
+    ] = False,
     anisotropic: Annotated[
         bool,
         typer.Option(
@@ -352,6 +359,7 @@ def train(
         preset=preset,
         anisotropic=anisotropic,
         width=width,
+        deep_supervision=deep_supervision,
         resume=resume,
         overwrite=overwrite,
         device=device,

@@ -46,6 +46,8 @@ class TrainOptions:
     slices are much thicker than the pixels."""
     width: int | None = None
     """U-Net base width for the plan (None: the device class's default)."""
+    deep_supervision: bool = False
+    """Also train the U-Net's coarser decoder levels on downsampled targets (nnU-Net's way)."""
     resume: bool = False
     overwrite: bool = False
     device: str = "auto"
@@ -77,6 +79,8 @@ def check_options(o: TrainOptions) -> RunConfig:
             "--regions needs the U-Net (the seed network has one output); "
             "drop --preset seed / --model seed"
         )
+    if o.deep_supervision and (o.preset == "seed" or wanted.model.name != "unet"):
+        raise ConfigError("--deep-supervision needs the U-Net; drop --preset seed / --model")
     return wanted
 
 
@@ -118,8 +122,12 @@ def resolve_config(
             log(f"plan: {note}")
         config = plan.config
     config = config.override(_grid_overrides(o.overrides))
+    options = dict(config.model.options)
     if len(config.data.targets()) > 1:  # one sigmoid output per region
-        options = {**config.model.options, "out_channels": len(config.data.targets())}
+        options["out_channels"] = len(config.data.targets())
+    if o.deep_supervision:
+        options["deep_supervision"] = True
+    if options != config.model.options:
         config = config.override({"model.options": options})
     if config.preprocess.mode == "spacing" and config.train.patch_size is None:
         raise ConfigError(
