@@ -173,7 +173,16 @@ def test_multi_channel_msd_is_refused(tmp_path: Path, run: Path):
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("--lr", "0.5"), ("--model", "unet"), ("--optimizer", "sgd")]
+    ("option", "value"),
+    [
+        ("--lr", "0.5"),
+        ("--model", "unet"),
+        ("--optimizer", "sgd"),
+        # Planning options: the resumed run keeps its plan, so they would be silently lost.
+        ("--width", "16"),
+        ("--deep-supervision", None),
+        ("--isotropic", None),
+    ],
 )
 def test_resume_refuses_settings_that_cannot_change(tmp_path: Path, run: Path, option, value):
     copy = tmp_path / "run"
@@ -181,9 +190,8 @@ def test_resume_refuses_settings_that_cannot_change(tmp_path: Path, run: Path, o
     for f in run.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
     before = (copy / "config.json").read_text(encoding="utf-8")
-    result = invoke(
-        "train", "--data", run.parent / "kits", "--out", copy, "--resume", option, value
-    )
+    given = [option] if value is None else [option, value]
+    result = invoke("train", "--data", run.parent / "kits", "--out", copy, "--resume", *given)
     assert_user_error(result, option, "resumed run")
     assert (copy / "config.json").read_text(encoding="utf-8") == before
 

@@ -163,6 +163,13 @@ def prepare_run_dir(run: RunFolder, resume: bool, overwrite: bool) -> None:
 def check_resume(o: TrainOptions, run: RunFolder, cases: Sequence[Case]) -> dict[str, Any]:
     """The settings a resumed run changes; refuse anything that would mix two runs."""
     saved = run.load_config()
+    rebuilt = _network_options(o, saved)
+    if rebuilt:
+        raise ConfigError(
+            f"{', '.join(rebuilt)}: a resumed run keeps its network ({run.config_path} has "
+            f"{saved.model.name} {saved.model.options or ''}); drop the option, or start afresh "
+            "with --overwrite"
+        )
     changes = {}
     for key, value in _grid_overrides(o.overrides).items():
         section, _, name = key.partition(".")
@@ -188,6 +195,23 @@ def check_resume(o: TrainOptions, run: RunFolder, cases: Sequence[Case]) -> dict
                 f"({len(before ^ now)} cases differ); resume with the same --data"
             )
     return changes
+
+
+def _network_options(o: TrainOptions, saved: RunConfig) -> list[str]:
+    """Planning options given with --resume that would build another network than the saved
+    one (they shape the plan, which a resumed run does not redo)."""
+    unet = saved.model.name == "unet"
+    options = saved.model.options if unet else {}
+    given = []
+    if o.width is not None and options.get("base_channels") != o.width:
+        given.append(f"--width {o.width}")
+    if o.deep_supervision and not options.get("deep_supervision"):
+        given.append("--deep-supervision")
+    if not o.anisotropic and (not unet or "strides" in options):
+        given.append("--isotropic")
+    if o.preset == "seed" and saved.model.name != "seed":
+        given.append("--preset seed")
+    return given
 
 
 def prepare_cases(
