@@ -17,6 +17,9 @@ from voxseg.geometry import Reorientation
 INTENSITY_CASES = 8
 """Cases sampled for the foreground intensity statistics."""
 SAMPLES_PER_CASE = 20_000
+MIN_LABEL_SAMPLES = 100
+"""A label with fewer sampled voxels is recorded but does not shape the window: a few stray
+or partial-volume voxels would otherwise stretch it (unless no label has this many)."""
 
 
 @dataclass(frozen=True)
@@ -49,15 +52,12 @@ class Intensity:
 
     @classmethod
     def from_labels(cls, by_label: Sequence[LabelIntensity]) -> Intensity:
-        mean = float(np.mean([b.mean for b in by_label]))
+        used = [b for b in by_label if b.samples >= MIN_LABEL_SAMPLES] or list(by_label)
+        mean = float(np.mean([b.mean for b in used]))
         # Variance of an equal-weight mixture: mean within-label variance + spread of the means.
-        var = float(np.mean([b.std**2 + (b.mean - mean) ** 2 for b in by_label]))
+        var = float(np.mean([b.std**2 + (b.mean - mean) ** 2 for b in used]))
         return cls(
-            min(b.p005 for b in by_label),
-            max(b.p995 for b in by_label),
-            mean,
-            var**0.5,
-            tuple(by_label),
+            min(b.p005 for b in used), max(b.p995 for b in used), mean, var**0.5, tuple(by_label)
         )
 
 
