@@ -8,7 +8,7 @@ way KiTS19 ranks them: kidney+tumour Dice, tumour Dice and their mean (the compo
     python benchmarks/bench_regions.py                  # 20 min regions vs 10 + 10 binary
     python benchmarks/bench_regions.py --minutes 4      # a quick look
     python benchmarks/bench_regions.py --variants regions --tag ds \
-        --train-args "--deep-supervision"                # one change, regions only
+        --train-args=--deep-supervision                  # one change, regions only
 
 Prints a table and writes benchmarks/results/regions[_TAG].json. Needs ../shared/data/kits19-labels.
 """
