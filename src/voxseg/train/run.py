@@ -74,13 +74,14 @@ def check_options(o: TrainOptions) -> RunConfig:
         )
     memory_limit()
     wanted = RunConfig().override(_grid_overrides(o.overrides), complete=False)
-    if wanted.data.regions and (o.preset == "seed" or wanted.model.name == "seed"):
+    seed = o.preset == "seed" or wanted.model.name == "seed"
+    if seed and wanted.data.regions:
         raise ConfigError(
             "--regions needs the U-Net (the seed network has one output); "
             "drop --preset seed / --model seed"
         )
-    if o.deep_supervision and (o.preset == "seed" or wanted.model.name != "unet"):
-        raise ConfigError("--deep-supervision needs the U-Net; drop --preset seed / --model")
+    if seed and o.deep_supervision:
+        raise ConfigError("--deep-supervision needs the U-Net; drop --preset seed / --model seed")
     return wanted
 
 
