@@ -9,6 +9,7 @@ way KiTS19 ranks them: kidney+tumour Dice, tumour Dice and their mean (the compo
     python benchmarks/bench_regions.py --minutes 4      # a quick look
     python benchmarks/bench_regions.py --variants regions --tag ds \
         --train-args=--deep-supervision                  # one change, regions only
+    python benchmarks/bench_regions.py --seeds 0 1 2     # repeats, each variant per seed
 
 Prints a table and writes benchmarks/results/regions[_TAG].json. Needs ../shared/data/kits19-labels.
 """
@@ -73,11 +74,46 @@ def scores(pred: Path, test: Path) -> dict:
     }
 
 
+def one_seed(args, train: Path, test: Path, seed: int, variant: str) -> dict:
+    """Train and score one variant with one seed; the binary pair splits the budget in two."""
+    extra = [*args.train_args.split(), "--seed", str(seed)]
+    if variant == "regions":
+        _, pred, trained = train_and_predict(
+            args.work, f"regions_{seed}", train, test, args.minutes, ["--regions", "kits", *extra]
+        )
+        return {"variant": variant, "seed": seed, "train_wall_s": trained, **scores(pred, test)}
+    half = args.minutes / 2
+    _, kt, t1 = train_and_predict(
+        args.work, f"kidney_tumour_{seed}", train, test, half, ["--foreground", "1,2", *extra]
+    )
+    _, tu, t2 = train_and_predict(
+        args.work, f"tumour_{seed}", train, test, half, ["--foreground", "2", *extra]
+    )
+    pred = combine(kt, tu, args.work / "pred" / f"binary_pair_{seed}")
+    return {"variant": variant, "seed": seed, "train_wall_s": t1 + t2, **scores(pred, test)}
+
+
+def summary(runs: list[dict]) -> dict:
+    """Per variant: the mean over its seeds of each score."""
+    out = {}
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        mine = [r for r in runs if r["variant"] == variant]
+        out[variant] = {
+            "seeds": [r["seed"] for r in mine],
+            **{
+                key: statistics.fmean(r[key] for r in mine)
+                for key in ("kidney_tumour_dice", "tumour_dice", "composite")
+            },
+        }
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=20.0, help="total budget of each variant")
     p.add_argument("--work", type=Path, default=Path("/tmp/voxseg-bench-regions"))
     p.add_argument("--variants", nargs="+", default=["regions", "binary"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="repeats, run in turn")
     p.add_argument("--tag", default="", help="label of this run in the JSON's name")
     p.add_argument("--train-args", default="", help="extra `voxseg train` options of every model")
     args = p.parse_args()
@@ -85,39 +121,32 @@ def main() -> None:
         raise SystemExit(f"{SHARED}: the real KiTS19 label maps are needed (shared data absent)")
     train = dataset(args.work, 0, 32, "train")
     test = dataset(args.work, 32, 18, "test")
-    rows = {}
-    extra = args.train_args.split()
-    if "regions" in args.variants:
-        _, pred, trained = train_and_predict(
-            args.work, "regions", train, test, args.minutes, ["--regions", "kits", *extra]
-        )
-        rows["one network, --regions kits"] = {"train_wall_s": trained, **scores(pred, test)}
-    if "binary" in args.variants:
-        half = args.minutes / 2
-        _, kt, t1 = train_and_predict(
-            args.work, "kidney_tumour", train, test, half, ["--foreground", "1,2", *extra]
-        )
-        _, tu, t2 = train_and_predict(
-            args.work, "tumour", train, test, half, ["--foreground", "2", *extra]
-        )
-        pred = combine(kt, tu, args.work / "pred" / "binary_pair")
-        rows["two binary models"] = {"train_wall_s": t1 + t2, **scores(pred, test)}
-    print(f"{'variant':30} {'train s':>8} {'kid+tum':>8} {'tumour':>8} {'t. min':>7} {'comp.':>7}")
-    for name, r in rows.items():
-        print(
-            f"{name:30} {r['train_wall_s']:>8.0f} {r['kidney_tumour_dice']:>8.4f} "
-            f"{r['tumour_dice']:>8.4f} {r['tumour_dice_min']:>7.3f} {r['composite']:>7.4f}"
-        )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"regions{'_' + args.tag if args.tag else ''}.json"
     record = {
         "tag": args.tag,
-        "train_args": extra,
+        "train_args": args.train_args.split(),
         "machine": {"cpu": platform.processor(), "cores": os.cpu_count()},
         "minutes_per_variant": args.minutes,
-        "variants": rows,
+        "runs": [],
     }
-    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"{'variant':8} {'seed':>4} {'train s':>8} {'kid+tum':>8} {'tumour':>8} {'t. min':>7} "
+          f"{'comp.':>7}", flush=True)  # fmt: skip
+    for seed in args.seeds:  # seed-major: a cut-short session still has pairs to compare
+        for variant in args.variants:
+            r = one_seed(args, train, test, seed, variant)
+            print(
+                f"{variant:8} {seed:>4} {r['train_wall_s']:>8.0f} {r['kidney_tumour_dice']:>8.4f} "
+                f"{r['tumour_dice']:>8.4f} {r['tumour_dice_min']:>7.3f} {r['composite']:>7.4f}",
+                flush=True,
+            )
+            record["runs"].append(r)
+            record["mean_over_seeds"] = summary(record["runs"])
+            out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")  # after each
+    for variant, m in record["mean_over_seeds"].items():
+        print(f"{variant:8} mean over seeds {m['seeds']}: kidney+tumour "
+              f"{m['kidney_tumour_dice']:.4f} tumour {m['tumour_dice']:.4f} "
+              f"composite {m['composite']:.4f}")  # fmt: skip
     print(f"wrote {out}")
 
 

@@ -3,7 +3,7 @@ and kidney tumours that look like renal cell carcinoma."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ from voxseg.data.io import read_image, write_image
 from voxseg.errors import ConfigError, InputError, OutputExistsError
 from voxseg.geometry import Geometry, Reorientation
 from voxseg.synth import SynthCase, paint_ct, random_case, write_dataset
+from voxseg.synth.tumour import MIN_CONTRAST_HU, Kidney, Look, conspicuous, draw_look
 
 KITS_LABELS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kits19-labels"
 SMALL = (24, 32, 32)
@@ -271,10 +272,72 @@ def test_random_tumours_look_like_rcc(seed):
 def test_tumour_looks_differ_between_seeds_and_repeat_within_one(kits_large_tumour):
     label, geometry = kits_large_tumour
     tumour = label == 2
-    paint = [paint_ct(label, geometry.spacing, s, geometry.direction_matrix) for s in (3, 4, 5)]
+    seeds = (3, 4, 5, 6, 7)  # five: three can land on one level by chance
+    paint = [paint_ct(label, geometry.spacing, s, geometry.direction_matrix) for s in seeds]
     assert np.array_equal(paint[0], paint_ct(label, geometry.spacing, 3, geometry.direction_matrix))
     means = [float(image[tumour].mean()) for image in paint]
     assert max(means) - min(means) > 10, means
     for a, b in ((0, 1), (0, 2), (1, 2)):
         same = np.corrcoef(paint[a][tumour], paint[b][tumour])[0, 1]
         assert same < 0.6, (a, b, same)  # texture and necrosis move, not only the level
+
+
+# ---------------------------------------------------------------- every tumour can be seen
+
+SMALL_TUMOURS = ("case_00033", "case_00039", "case_00049")
+"""KiTS19 cases with 7-9 ml tumours that, before `conspicuous`, were painted within 10 HU of the
+kidney around them."""
+
+
+def _look(solid: float, rim: float = 0.0) -> Look:
+    return replace(draw_look(np.random.default_rng(0), 10.0, KIDNEY), solid=solid, rim=rim)
+
+
+KIDNEY = Kidney(cortex=180.0, medulla=120.0)
+
+
+@pytest.mark.parametrize("solid, surround", [(80.0, 140.0), (175.0, 140.0), (100.0, None)])
+def test_a_conspicuous_tumour_is_left_as_drawn(solid, surround):
+    rng = np.random.default_rng(1)
+    before = rng.bit_generator.state
+    look = _look(solid)
+    assert conspicuous(look, surround, KIDNEY, rng) == look
+    assert rng.bit_generator.state == before  # no draw: the rest of the case is unchanged
+
+
+@pytest.mark.parametrize(
+    "solid, surround, low, high",
+    [
+        (130.0, 140.0, 95.0, 110.0),  # just below its surroundings: darker still
+        (150.0, 140.0, 95.0, 110.0),  # above, but brighter would near cortex: darker
+        (115.0, 100.0, 130.0, 145.0),  # above medulla-like surroundings: brighter, below cortex
+        (140.0, 140.0, 95.0, 110.0),
+    ],
+)
+def test_a_tumour_a_reader_could_not_see_moves_out_of_the_band(solid, surround, low, high):
+    rng = np.random.default_rng(2)
+    solids = [conspicuous(_look(solid), surround, KIDNEY, rng).solid for _ in range(200)]
+    assert min(solids) >= low and max(solids) <= high, (min(solids), max(solids))
+    assert max(solids) - min(solids) > 0.5 * (high - low)  # spread, not piled on the edge
+    assert all(abs(x - surround) >= MIN_CONTRAST_HU for x in solids)
+
+
+def test_a_moved_tumour_keeps_its_rim_below_cortex():
+    moved = conspicuous(_look(115.0, rim=40.0), 100.0, KIDNEY, np.random.default_rng(3))
+    assert moved.solid > 115 and moved.solid + moved.rim <= KIDNEY.cortex - 5
+
+
+@pytest.mark.parametrize("case", SMALL_TUMOURS)
+def test_small_painted_tumours_stand_out_from_the_kidney_around_them(case):
+    """Measured on the image as a reader would: the tumour's inside against the parenchyma
+    2-6 mm around it. Partial volume, the scanner's blur and ill-defined margins eat into
+    the painted 30 HU, so the bar is 20."""
+    label, geometry = _kits_label(case, (1, 3, 3))
+    tumour = label == 2
+    inner = tumour & (ndimage.distance_transform_edt(tumour, sampling=geometry.spacing) > 2)
+    away = ndimage.distance_transform_edt(~tumour, sampling=geometry.spacing)
+    ring = (label == 1) & (away > 2) & (away <= 6)
+    for seed in range(3):
+        image = paint_ct(label, geometry.spacing, seed, geometry.direction_matrix).astype(float)
+        contrast = image[inner].mean() - image[ring].mean()
+        assert abs(contrast) >= 20, (case, seed, contrast)

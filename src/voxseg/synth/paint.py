@@ -19,7 +19,16 @@ from voxseg.synth.background import fit_layout, slabs
 from voxseg.synth.checks import check_spacing
 from voxseg.synth.finish import add_noise
 from voxseg.synth.tissue import BLUR_MM, CORTEX, MEDULLA
-from voxseg.synth.tumour import Kidney, depth_mm, draw_look, own_stream, render
+from voxseg.synth.tumour import (
+    SURROUND_MM,
+    Kidney,
+    conspicuous,
+    depth_mm,
+    draw_look,
+    own_stream,
+    render,
+    surround_hu,
+)
 
 TUMOUR_GRID_MM = 1.0
 """Tumours are rendered on a grid this fine and interpolated: enough for septa and a few-mm
@@ -111,7 +120,9 @@ def _paint_labels(image, label, reo, spacing, shrink, maps, which, rng) -> None:
     if tumour.any():
         points = (z[tumour], y[tumour], x[tumour])
         kidney = Kidney(cortex=float(cortex), medulla=float(medulla))
-        hu[tumour] = _tumour_hu(crop, points, spacing, shrink, kidney, tumours)
+        parenchyma = np.zeros(crop.shape, dtype=np.float32)
+        parenchyma[z, y, x] = hu
+        hu[tumour] = _tumour_hu(crop, parenchyma, points, spacing, shrink, kidney, tumours)
     background = maps[which[z + start[0]], y + start[1], x + start[2]]
 
     delta = np.zeros(crop.shape, dtype=np.float32)
@@ -121,22 +132,31 @@ def _paint_labels(image, label, reo, spacing, shrink, maps, which, rng) -> None:
     view += np.rint(delta).astype(np.int16)
 
 
-def _tumour_hu(crop, points, spacing, shrink, kidney: Kidney, rng) -> np.ndarray:
+def _tumour_hu(crop, kidney_hu, points, spacing, shrink, kidney: Kidney, rng) -> np.ndarray:
     """HU at `points` (indices into the canonical `crop`) of its tumours.
 
-    One look per connected tumour, sized by its anatomical depth, rendered on a ~1 mm grid in
-    image mm and interpolated linearly to the voxels.
+    One look per connected tumour, sized by its anatomical depth, made conspicuous against the
+    kidney around it (`kidney_hu`, crop-shaped) and rendered on a ~1 mm grid in image mm, then
+    interpolated linearly to the voxels.
     """
     step = tuple(max(1, round(TUMOUR_GRID_MM / d)) for d in spacing)
     mm = [d * f for d, f in zip(spacing, step, strict=True)]
     tumour, parenchyma = _block_any(crop == 2, step), _block_any(crop == 1, step)
+    every = tuple(slice(None, None, f) for f in step)  # one voxel per block, for exact HU
+    kidney_hu, kidney_at = kidney_hu[every], crop[every] == 1
+    reach = [math.ceil(SURROUND_MM / m) + 1 for m in mm]
     parts, _ = ndimage.label(tumour, structure=np.ones((3, 3, 3)))
     grid = np.zeros(tumour.shape, dtype=np.float32)
     for k, found in enumerate(ndimage.find_objects(parts), start=1):
         box = tuple(slice(max(b.start - 2, 0), b.stop + 2) for b in found)  # room to interpolate
         inside = parts[box] == k
         depth = depth_mm(inside, mm)
+        wide = tuple(
+            slice(max(b.start - r, 0), b.stop + r) for b, r in zip(found, reach, strict=True)
+        )
+        around = surround_hu(kidney_hu[wide], kidney_at[wide], parts[wide] == k, mm)
         look = draw_look(rng, float(depth.max()) / shrink, kidney)
+        look = conspicuous(look, around, kidney, rng)
         painted = render(look, depth, parenchyma[box], mm, rng)
         mine = inside | ~tumour[box]  # leave neighbouring tumours' cells alone
         grid[box][mine] = painted[mine]
