@@ -9,20 +9,20 @@ irregular, non-enhancing 10-40 HU regions, commoner and larger the bigger the tu
 a minority calcify. Where a tumour meets the kidney its margin is iso-attenuating with the
 parenchyma in places rather than a clean step everywhere.
 
-Every KiTS19 tumour was found and outlined by a reader, so none is invisible: `conspicuous` moves
-a tumour's viable tissue, where it has to, to at least MIN_CONTRAST_HU from the parenchyma
-around it. Real tumours near medulla attenuation are still seen
-because they break the kidney's architecture (pyramids, columns, sinus), which the painted kidney,
-a cortex shell over a uniform medulla, does not have; without the rule a fifth of the painted
-tumours matched their surroundings within 10 HU and no reader could have drawn them.
+Every KiTS19 tumour was found and outlined by a reader, so none is invisible: `conspicuous`
+moves a tumour's viable tissue, where it has to, to at least MIN_CONTRAST_HU from the parenchyma
+around it. Real tumours near medulla attenuation are still seen because they break the kidney's
+architecture (pyramids, columns, sinus), which the painted kidney, a cortex shell over a uniform
+medulla, lacks; without the rule 16 of the 53 tumours painted around KiTS19 cases 0-49 came
+within 10 HU of the kidney 2-6 mm around them, and no reader could have drawn those.
 
 So each tumour draws a `Look`: clear-cell-like (65 %, 25-60 HU below its kidney's cortex,
 strongly textured), papillary-like (20 %, 60-90 HU) or chromophobe-like (15 %, near medulla),
 with texture grain, necrotic share (likelier and larger with size), rim, septa and the odd
-calcification; `render` turns it
-into HU on a grid: two smoothed random fields (a few mm and ~3x that) for the texture, a necrotic
-core grown from a random deep point along a noisy depth map that spares a viable wall, a rim that
-fades inwards, and patches of the kidney interface faded towards parenchyma.
+calcification; `render` turns it into HU on a grid: two smoothed random fields (a few mm and
+~3x that) for the texture, a necrotic core grown from a random deep point along a noisy depth
+map that spares a viable wall, a rim that fades inwards, and patches of the kidney interface
+faded towards parenchyma.
 """
 
 from __future__ import annotations
