@@ -120,9 +120,9 @@ def _paint_labels(image, label, reo, spacing, shrink, maps, which, rng) -> None:
     if tumour.any():
         points = (z[tumour], y[tumour], x[tumour])
         kidney = Kidney(cortex=float(cortex), medulla=float(medulla))
-        parenchyma = np.zeros(crop.shape, dtype=np.float32)
-        parenchyma[z, y, x] = hu
-        hu[tumour] = _tumour_hu(crop, parenchyma, points, spacing, shrink, kidney, tumours)
+        kidney_hu = np.zeros(crop.shape, dtype=np.float32)
+        kidney_hu[z, y, x] = hu
+        hu[tumour] = _tumour_hu(crop, kidney_hu, points, spacing, shrink, kidney, tumours)
     background = maps[which[z + start[0]], y + start[1], x + start[2]]
 
     delta = np.zeros(crop.shape, dtype=np.float32)

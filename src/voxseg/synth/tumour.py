@@ -47,6 +47,8 @@ MIN_CONTRAST_HU = 30.0
 painted scanner noise (10-20 HU SD), enough for a reader to see a lesion a centimetre across."""
 SURROUND_MM = 5.0
 """How far around a tumour the parenchyma it is compared with reaches."""
+CLEAR_CELL_BELOW_CORTEX = (25.0, 60.0)
+"""HU by which a clear-cell-like tumour's viable tissue stays below its kidney's cortex."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,8 @@ def draw_look(rng: np.random.Generator, radius_mm: float, kidney: Kidney) -> Loo
     """A tumour's look; `radius_mm` is its anatomical size (its largest inscribed ball)."""
     kind = rng.choice(3, p=(0.65, 0.2, 0.15))
     if kind == 0:  # clear-cell-like: avid, heterogeneous, below cortex
-        solid, texture = kidney.cortex - rng.uniform(25, 60), rng.uniform(20, 32)
+        solid = kidney.cortex - rng.uniform(*CLEAR_CELL_BELOW_CORTEX)
+        texture = rng.uniform(20, 32)
     elif kind == 1:  # papillary-like: hypo-enhancing, more homogeneous
         solid, texture = rng.uniform(60, 90), rng.uniform(12, 18)
     else:  # chromophobe-like: near medulla
@@ -150,7 +153,7 @@ def conspicuous(
     if surround is None or abs(look.solid - surround) >= MIN_CONTRAST_HU:
         return look
     beyond = MIN_CONTRAST_HU + rng.uniform(0, MIN_CONTRAST_HU / 2)
-    if look.solid > surround and surround + beyond <= kidney.cortex - 25:
+    if look.solid > surround and surround + beyond <= kidney.cortex - CLEAR_CELL_BELOW_CORTEX[0]:
         solid = surround + beyond
     else:
         solid = surround - beyond
