@@ -289,11 +289,11 @@ SMALL_TUMOURS = ("case_00033", "case_00039", "case_00049")
 kidney around them."""
 
 
+KIDNEY = Kidney(cortex=180.0, medulla=120.0)
+
+
 def _look(solid: float, rim: float = 0.0) -> Look:
     return replace(draw_look(np.random.default_rng(0), 10.0, KIDNEY), solid=solid, rim=rim)
-
-
-KIDNEY = Kidney(cortex=180.0, medulla=120.0)
 
 
 @pytest.mark.parametrize("solid, surround", [(80.0, 140.0), (175.0, 140.0), (100.0, None)])
@@ -311,7 +311,7 @@ def test_a_conspicuous_tumour_is_left_as_drawn(solid, surround):
         (130.0, 140.0, 95.0, 110.0),  # just below its surroundings: darker still
         (150.0, 140.0, 95.0, 110.0),  # above, but brighter would near cortex: darker
         (115.0, 100.0, 130.0, 145.0),  # above medulla-like surroundings: brighter, below cortex
-        (140.0, 140.0, 95.0, 110.0),
+        (140.0, 140.0, 95.0, 110.0),  # level with them: darker
     ],
 )
 def test_a_tumour_a_reader_could_not_see_moves_out_of_the_band(solid, surround, low, high):
@@ -341,3 +341,23 @@ def test_small_painted_tumours_stand_out_from_the_kidney_around_them(case):
         image = paint_ct(label, geometry.spacing, seed, geometry.direction_matrix).astype(float)
         contrast = image[inner].mean() - image[ring].mean()
         assert abs(contrast) >= 20, (case, seed, contrast)
+
+
+@pytest.mark.parametrize("seed", RANDOM_TUMOURS[:2])
+def test_random_cases_measure_each_tumours_surroundings(monkeypatch, seed):
+    """`random_case` puts its tumours through the same rule, against the kidney it painted."""
+    import voxseg.synth.case as case_module
+
+    seen = []
+
+    def spy(look, surround, kidney, rng):
+        out = conspicuous(look, surround, kidney, rng)
+        seen.append((surround, out.solid, kidney))
+        return out
+
+    monkeypatch.setattr(case_module, "conspicuous", spy)
+    random_case(seed, (64, 64, 64))
+    assert len(seen) == 1, seen
+    surround, solid, kidney = seen[0]
+    assert kidney.medulla - 20 < surround < kidney.cortex + 20  # HU of the painted kidney
+    assert abs(solid - surround) >= MIN_CONTRAST_HU
