@@ -112,7 +112,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=20.0, help="total budget of each variant")
     p.add_argument("--work", type=Path, default=Path("/tmp/voxseg-bench-regions"))
-    p.add_argument("--variants", nargs="+", default=["regions", "binary"])
+    p.add_argument(
+        "--variants", nargs="+", choices=["regions", "binary"], default=["regions", "binary"]
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="repeats, run in turn")
     p.add_argument("--tag", default="", help="label of this run in the JSON's name")
     p.add_argument("--train-args", default="", help="extra `voxseg train` options of every model")
