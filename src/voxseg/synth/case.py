@@ -22,13 +22,13 @@ from voxseg.synth.shapes import ellipse, frame, grid_mm
 from voxseg.synth.tissue import CORTEX, DISC, FAT, MEDULLA, RIB, SINUS, VERTEBRA_MM
 from voxseg.synth.torso import Torso, bowel, discs, organs, paint_loops, rib_rows, torso_slice
 from voxseg.synth.tumour import (
-    SURROUND_MM,
     Kidney,
     conspicuous,
     depth_mm,
     draw_look,
     own_stream,
     render,
+    surround_box,
     surround_hu,
 )
 
@@ -150,10 +150,7 @@ def _paint_tumour(hu, label, tumour, spacing, radius_mm, kidney: Kidney, rng) ->
         return  # squeezed out by bone and vessels
     box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in found[0])
     inside = tumour[box]
-    reach = [math.ceil(SURROUND_MM / d) + 1 for d in spacing]
-    wide = tuple(
-        slice(max(b.start - r, 0), b.stop + r) for b, r in zip(found[0], reach, strict=True)
-    )
+    wide = surround_box(found[0], spacing)
     around = surround_hu(hu[wide], label[wide] == 1, tumour[wide], spacing)
     look = conspicuous(draw_look(rng, radius_mm, kidney), around, kidney, rng)
     painted = render(look, depth_mm(inside, spacing), label[box] == 1, spacing, rng)

@@ -20,13 +20,13 @@ from voxseg.synth.checks import check_spacing
 from voxseg.synth.finish import add_noise
 from voxseg.synth.tissue import BLUR_MM, CORTEX, MEDULLA
 from voxseg.synth.tumour import (
-    SURROUND_MM,
     Kidney,
     conspicuous,
     depth_mm,
     draw_look,
     own_stream,
     render,
+    surround_box,
     surround_hu,
 )
 
@@ -144,16 +144,13 @@ def _tumour_hu(crop, kidney_hu, points, spacing, shrink, kidney: Kidney, rng) ->
     tumour, parenchyma = _block_any(crop == 2, step), _block_any(crop == 1, step)
     every = tuple(slice(None, None, f) for f in step)  # one voxel per block, for exact HU
     kidney_hu, kidney_at = kidney_hu[every], crop[every] == 1
-    reach = [math.ceil(SURROUND_MM / m) + 1 for m in mm]
     parts, _ = ndimage.label(tumour, structure=np.ones((3, 3, 3)))
     grid = np.zeros(tumour.shape, dtype=np.float32)
     for k, found in enumerate(ndimage.find_objects(parts), start=1):
         box = tuple(slice(max(b.start - 2, 0), b.stop + 2) for b in found)  # room to interpolate
         inside = parts[box] == k
         depth = depth_mm(inside, mm)
-        wide = tuple(
-            slice(max(b.start - r, 0), b.stop + r) for b, r in zip(found, reach, strict=True)
-        )
+        wide = surround_box(found, mm)
         around = surround_hu(kidney_hu[wide], kidney_at[wide], parts[wide] == k, mm)
         look = draw_look(rng, float(depth.max()) / shrink, kidney)
         look = conspicuous(look, around, kidney, rng)

@@ -121,7 +121,7 @@ def draw_look(rng: np.random.Generator, radius_mm: float, kidney: Kidney) -> Loo
         grain_mm=grain,
         necrosis=necrosis,
         necrosis_hu=necrosis_hu,
-        rim=max(0.0, min(rim, kidney.cortex - 5 - solid)),  # as bright as cortex at most
+        rim=_rim_below_cortex(rim, solid, kidney),
         septa=septa,
         margin=margin,
         parenchyma=(kidney.cortex + kidney.medulla) / 2,
@@ -129,11 +129,17 @@ def draw_look(rng: np.random.Generator, radius_mm: float, kidney: Kidney) -> Loo
     )
 
 
+def surround_box(found: tuple[slice, ...], spacing) -> tuple[slice, ...]:
+    """A tumour's index box (`ndimage.find_objects`) grown by SURROUND_MM, for `surround_hu`."""
+    reach = [math.ceil(SURROUND_MM / d) + 1 for d in spacing]
+    return tuple(slice(max(b.start - r, 0), b.stop + r) for b, r in zip(found, reach, strict=True))
+
+
 def surround_hu(
     hu: np.ndarray, parenchyma: np.ndarray, inside: np.ndarray, spacing
 ) -> float | None:
     """Mean HU of the parenchyma within SURROUND_MM of the tumour `inside` (None if it touches
-    none); all three arrays share one box, SURROUND_MM wider than the tumour."""
+    none); all three arrays share one box, `surround_box` of the tumour."""
     near = ndimage.distance_transform_edt(~inside, sampling=spacing) <= SURROUND_MM
     ring = parenchyma & near & ~inside
     return float(hu[ring].mean()) if ring.any() else None
@@ -157,7 +163,12 @@ def conspicuous(
         solid = surround + beyond
     else:
         solid = surround - beyond
-    return replace(look, solid=solid, rim=max(0.0, min(look.rim, kidney.cortex - 5 - solid)))
+    return replace(look, solid=solid, rim=_rim_below_cortex(look.rim, solid, kidney))
+
+
+def _rim_below_cortex(rim: float, solid: float, kidney: Kidney) -> float:
+    """`rim` capped so the rim is as bright as cortex at most."""
+    return max(0.0, min(rim, kidney.cortex - 5 - solid))
 
 
 def render(
