@@ -299,6 +299,14 @@ def train(
         int | None,
         typer.Option("--width", min=1, help="U-Net base width of the plan (default: 8 on CPU)."),
     ] = None,
+    batch_dice: Annotated[
+        bool | None,
+        typer.Option(
+            "--batch-dice/--sample-dice",
+            help="Dice loss over the whole batch, or per patch (a small tumour counts fully).",
+            show_default=False,
+        ),
+    ] = None,
     deep_supervision: Annotated[
         bool,
         typer.Option(
@@ -342,6 +350,7 @@ def train(
         "train.lr": lr,
         "train.weight_decay": weight_decay,
         "train.loss": loss,
+        "train.batch_dice": batch_dice,
         "train.optimizer": optimizer,
         "train.val_fraction": val_fraction,
         "train.val_cases": ids,

@@ -138,6 +138,9 @@ class TrainConfig:
     schedule: Literal["constant", "cosine"] = "cosine"
     """Cosine decays over the epochs, or over the time budget when `max_minutes` is set."""
     loss: Literal["bce", "dice_bce"] = "dice_bce"
+    batch_dice: bool = True
+    """Dice over the whole batch (True) or per sample, then averaged (nnU-Net's 3D default):
+    per sample, a small tumour weighs as much as a large one in the same batch."""
     patch_size: IntTriple | None = _checked(None, _positive)
     """Training patch (canonical order); None trains on whole resampled volumes."""
     foreground_oversample: float = _checked(0.5, _probability)

@@ -1,5 +1,6 @@
-"""Training losses on logits. Dice is computed over the whole batch (MONAI's `batch=True`),
-so patches without foreground do not produce a degenerate per-sample Dice."""
+"""Training losses on logits. Dice is computed over the whole batch (MONAI's `batch=True`) or
+per sample (nnU-Net's `batch_dice=False`); a sample without foreground then adds a constant
+(its Dice of an empty target is ~0 whatever the prediction, with ~0 gradient), not noise."""
 
 from __future__ import annotations
 
@@ -8,28 +9,29 @@ from torch import nn
 
 
 class DiceBCE(nn.Module):
-    """Sigmoid Dice (per channel, over the batch) plus binary cross-entropy, one term each.
+    """Sigmoid Dice (per channel, over the batch or per sample) plus binary cross-entropy,
+    one term each.
 
     MONAI's DiceCELoss switches to softmax cross-entropy when there is more than one channel;
     regions are independent sigmoids (they overlap), so each output needs BCE.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, batch_dice: bool = True) -> None:
         super().__init__()
         from monai.losses import DiceLoss
 
-        self.dice = DiceLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        self.dice = DiceLoss(sigmoid=True, batch=batch_dice, smooth_nr=1e-5, smooth_dr=1e-5)
         self.bce = nn.BCEWithLogitsLoss()
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.dice(logits, target) + self.bce(logits, target)
 
 
-def build_loss(name: str) -> nn.Module:
+def build_loss(name: str, batch_dice: bool = True) -> nn.Module:
     if name == "bce":
         return nn.BCEWithLogitsLoss()
     if name == "dice_bce":
-        return DiceBCE()
+        return DiceBCE(batch_dice)
     from voxseg.errors import ConfigError
 
     raise ConfigError(f"unknown loss {name!r}; choose bce or dice_bce")

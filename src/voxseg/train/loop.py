@@ -203,7 +203,7 @@ def train(
         hooks.log(note)
     if state.stopped in (TIME_BUDGET, INTERRUPTED):
         state.stopped = ""  # resuming continues a run that was cut short, not one that converged
-    loss_fn = build_loss(tc.loss)
+    loss_fn = build_loss(tc.loss, tc.batch_dice)
     amp = autocast_dtype(tc.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     if device.type == "cuda":
