@@ -10,6 +10,8 @@ way KiTS19 ranks them: kidney+tumour Dice, tumour Dice and their mean (the compo
     python benchmarks/bench_regions.py --variants regions --tag ds \
         --train-args=--deep-supervision                  # one change, regions only
     python benchmarks/bench_regions.py --seeds 0 1 2     # repeats, each variant per seed
+    python benchmarks/bench_regions.py --variants regions --tta-too
+                                  # the same region model predicted again with --tta (paired)
 
 Prints a table and writes benchmarks/results/regions[_TAG].json. Needs ../shared/data/kits19-labels.
 """
@@ -59,6 +61,14 @@ def combine(kidney: Path, tumour: Path, out: Path) -> Path:
     return out
 
 
+def tta_scores(run: Path, pred: Path, test: Path) -> dict:
+    """The same trained model predicted again with mirror test-time augmentation."""
+    started = time.monotonic()
+    voxseg("predict", "--model", str(run), "-i", str(test), "-o", str(pred), "--overwrite",
+           "--tta")  # fmt: skip
+    return {"predict_wall_s": time.monotonic() - started, **scores(pred, test)}
+
+
 def scores(pred: Path, test: Path) -> dict:
     from voxseg.evaluation import evaluate_regions
     from voxseg.regions import KITS
@@ -78,10 +88,13 @@ def one_seed(args, train: Path, test: Path, seed: int, variant: str) -> dict:
     """Train and score one variant with one seed; the binary pair splits the budget in two."""
     extra = [*args.train_args.split(), "--seed", str(seed)]
     if variant == "regions":
-        _, pred, trained = train_and_predict(
+        run, pred, trained = train_and_predict(
             args.work, f"regions_{seed}", train, test, args.minutes, ["--regions", "kits", *extra]
         )
-        return {"variant": variant, "seed": seed, "train_wall_s": trained, **scores(pred, test)}
+        out = {"variant": variant, "seed": seed, "train_wall_s": trained, **scores(pred, test)}
+        if args.tta_too:
+            out["tta"] = tta_scores(run, args.work / "pred" / f"regions_{seed}_tta", test)
+        return out
     half = args.minutes / 2
     _, kt, t1 = train_and_predict(
         args.work, f"kidney_tumour_{seed}", train, test, half, ["--foreground", "1,2", *extra]
@@ -118,6 +131,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="repeats, run in turn")
     p.add_argument("--tag", default="", help="label of this run in the JSON's name")
     p.add_argument("--train-args", default="", help="extra `voxseg train` options of every model")
+    p.add_argument("--tta-too", action="store_true", help="also score each region model with --tta")
     args = p.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED}: the real KiTS19 label maps are needed (shared data absent)")
@@ -142,6 +156,14 @@ def main() -> None:
                 f"{r['tumour_dice']:>8.4f} {r['tumour_dice_min']:>7.3f} {r['composite']:>7.4f}",
                 flush=True,
             )
+            if "tta" in r:
+                t = r["tta"]
+                print(
+                    f"{'  +tta':8} {seed:>4} {t['predict_wall_s']:>8.0f} "
+                    f"{t['kidney_tumour_dice']:>8.4f} {t['tumour_dice']:>8.4f} "
+                    f"{t['tumour_dice_min']:>7.3f} {t['composite']:>7.4f}",
+                    flush=True,
+                )
             record["runs"].append(r)
             record["mean_over_seeds"] = summary(record["runs"])
             out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")  # after each

@@ -182,6 +182,7 @@ def test_multi_channel_msd_is_refused(tmp_path: Path, run: Path):
         ("--width", "16"),
         ("--deep-supervision", None),
         ("--isotropic", None),
+        ("--sample-dice", None),  # a boolean field named by its flag, not "--batch-dice False"
     ],
 )
 def test_resume_refuses_settings_that_cannot_change(tmp_path: Path, run: Path, option, value):

@@ -141,3 +141,27 @@ def test_thread_tuner_keeps_the_faster_thread_count(monkeypatch, cost, expected)
     assert bool(tuner.switches) == (expected == 1)
     tuner.restore()
     assert now["threads"] == 2
+
+
+def test_sample_dice_weighs_a_missed_small_object_fully():
+    """Batch Dice hides a missed small tumour behind a large hit in the same batch; per-sample
+    Dice (nnU-Net's 3D default) counts it as half the batch. An empty patch adds ~1 and
+    almost no gradient."""
+    target = torch.zeros(3, 1, 12, 12, 12)
+    target[0, :, 1:11, 1:11, 1:11] = 1  # large object, hit
+    target[1, :, 5:7, 5:7, 5:7] = 1  # small object, missed
+    logits = torch.where(target > 0, 20.0, -20.0)
+    logits[1] = -20.0
+    both = slice(0, 2)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits[both], target[both])
+    batch = build_loss("dice_bce", batch_dice=True)(logits[both], target[both]) - bce
+    sample = build_loss("dice_bce", batch_dice=False)(logits[both], target[both]) - bce
+    assert float(batch) < 0.01
+    assert 0.49 < float(sample) < 0.51  # mean of a perfect 0 and a missed 1
+
+    empty = torch.zeros(1, 1, 12, 12, 12)
+    x = torch.full((1, 1, 12, 12, 12), -5.0, requires_grad=True)
+    dice_only = build_loss("dice_bce", batch_dice=False).dice
+    value = dice_only(x, empty)
+    value.backward()
+    assert float(value) > 0.99 and float(x.grad.abs().max()) < 1e-8

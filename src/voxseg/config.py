@@ -317,16 +317,27 @@ def _upgrade(d: dict) -> dict:
     return d
 
 
+_OFF_FLAGS = {("train", "batch_dice"): "--sample-dice"}
+"""Boolean fields whose `voxseg train` flag for False is not --no-<name>."""
+
+
 def option_name(section: str, name: str) -> str:
     """The `voxseg train` option that sets a field: train.batch_size -> --batch-size."""
     return "--model" if (section, name) == ("model", "name") else "--" + name.replace("_", "-")
+
+
+def given_option(section: str, name: str, value: Any) -> str:
+    """How the user spelled a setting: `--lr 0.5`, `--sample-dice`."""
+    if value is False and (section, name) in _OFF_FLAGS:
+        return _OFF_FLAGS[section, name]
+    return f"{option_name(section, name)} {value!r}"
 
 
 def _field_error(
     source: str | None, section: str, name: str, value: Any, problem: str
 ) -> ConfigError:
     if source is None:
-        return ConfigError(f"{option_name(section, name)} {value!r}: {problem}")
+        return ConfigError(f"{given_option(section, name, value)}: {problem}")
     return ConfigError(f'{source}: field "{section}.{name}" = {value!r}: {problem}')
 
 

@@ -1,6 +1,6 @@
 """Training losses on logits. Dice is computed over the whole batch (MONAI's `batch=True`) or
-per sample (nnU-Net's `batch_dice=False`); a sample without foreground then adds a constant
-(its Dice of an empty target is ~0 whatever the prediction, with ~0 gradient), not noise."""
+per sample (nnU-Net's `batch_dice=False`). Per sample, a patch without foreground adds a
+near-constant loss of 1 with a vanishing gradient (the 1e-5 smoothing), as in nnU-Net."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from voxseg.config import SEED_SHAPE, ModelCard, RunConfig, option_name
+from voxseg.config import SEED_SHAPE, ModelCard, RunConfig, given_option
 from voxseg.data.discovery import Case, discover, require_labelled, split_cases
 from voxseg.data.guards import memory_limit
 from voxseg.distributed import DistContext, barrier, init_from_env, shutdown, wrap
@@ -181,7 +181,7 @@ def check_resume(o: TrainOptions, run: RunFolder, cases: Sequence[Case]) -> dict
             continue
         if key not in RESUMABLE:
             raise ConfigError(
-                f"{option_name(section, name)} {value!r}: a resumed run keeps its settings "
+                f"{given_option(section, name, value)}: a resumed run keeps its settings "
                 f"({run.config_path} has {current!r}); drop the option, or start afresh "
                 "with --overwrite"
             )
