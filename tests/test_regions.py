@@ -155,6 +155,28 @@ def test_foreground_sampling_finds_the_small_region():
     assert 0.3 < has_tumour.mean() < 0.8  # ~0.5; a binary target would give ~0.01
 
 
+@pytest.mark.parametrize(
+    ("regions", "given", "expected"),
+    [
+        (((1, 2), (2,)), {}, False),  # several regions: per patch
+        (((1, 2, 3), (2, 3), (3,)), {}, False),
+        (((1, 2), (2,)), {"train.batch_dice": True}, True),  # the user's --batch-dice wins
+        (((2,),), {}, True),  # one region is one target: per batch
+        (None, {}, True),  # binary
+    ],
+)
+def test_regions_train_with_the_dice_per_patch_unless_told(regions, given, expected):
+    from voxseg.train.run import region_dice
+
+    changes: dict = {"preprocess.spacing": (1.0, 1.0, 1.0)}
+    if regions:
+        names = tuple(f"r{i}" for i in range(len(regions)))
+        changes |= {"data.regions": regions, "data.region_names": names}
+    config = RunConfig().override(changes)
+    config = region_dice(config.override(given), given)
+    assert config.train.batch_dice is expected
+
+
 def test_config_refuses_foreground_with_regions_and_upgrades_keep_largest(tmp_path):
     with pytest.raises(ConfigError, match="not both"):
         RunConfig().override(
@@ -192,6 +214,7 @@ def test_region_model_predicts_a_label_map_on_the_exact_grid(region_run, tmp_pat
     config = RunConfig.load(region_run / "config.json")
     assert config.data.targets() == KITS and config.model.options["out_channels"] == 2
     assert config.model.options["deep_supervision"]  # one head per region at every level
+    assert not config.train.batch_dice  # regions: the Dice per patch
     assert len(config.infer.keep_largest) == 2  # chosen per region on validation
     data = region_run.parent / "kits"
     out = tmp_path / "pred"

@@ -120,11 +120,12 @@ def _run_facts(config: RunConfig, state: TrainState | None) -> list[tuple[str, s
     p, t = config.preprocess, config.train
     grid = f"shape {p.shape}" if p.mode == "shape" else f"spacing {p.spacing} mm"
     target = describe(config.data.targets())
+    dice_over = "batch" if t.batch_dice else "patch"
     facts = [
         ("model", f"{config.model.name} {config.model.options or ''}".strip()),
         ("target", target),
         ("preprocessing", f"{grid}, HU window {p.window}"),
-        ("loss", t.loss),
+        ("loss", t.loss if t.loss == "bce" else f"{t.loss}, Dice per {dice_over}"),
         ("batch size", str(t.batch_size)),
         ("patch", str(t.patch_size) if t.patch_size else "whole volume"),
         ("optimizer", f"{t.optimizer}, lr {t.lr:g}, {t.schedule}"),

@@ -122,7 +122,7 @@ def resolve_config(
         for note in plan.notes:
             log(f"plan: {note}")
         config = plan.config
-    config = config.override(_grid_overrides(o.overrides))
+    config = region_dice(config.override(_grid_overrides(o.overrides)), o.overrides)
     options = dict(config.model.options)
     if len(config.data.targets()) > 1:  # one sigmoid output per region
         options["out_channels"] = len(config.data.targets())
@@ -135,6 +135,15 @@ def resolve_config(
             "resampling to a spacing needs patches; give --shape for whole-volume training"
         )
     return config, throughput
+
+
+def region_dice(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Several regions train with the Dice per patch (nnU-Net's 3D `batch_dice=False`) unless
+    the user chose: over the batch, one patch's large tumour hides another's small one (+0.035
+    tumour Dice over 3 seeds, benchmarks/RESULTS.md). One target keeps the batch's: no gain."""
+    if len(config.data.targets()) < 2 or "train.batch_dice" in overrides:
+        return config
+    return config.override({"train.batch_dice": False})
 
 
 def prepare_run_dir(run: RunFolder, resume: bool, overwrite: bool) -> None:
