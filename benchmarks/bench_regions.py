@@ -43,8 +43,12 @@ def train_and_predict(work: Path, name: str, train: Path, test: Path, minutes: f
     voxseg("train", "--data", str(train), "--out", str(run), "--max-minutes", str(minutes),
            "--overwrite", "--cache", str(work / "cache"), *args)  # fmt: skip
     trained = time.monotonic() - started
-    voxseg("predict", "--model", str(run), "-i", str(test), "-o", str(pred), "--overwrite")
+    predict(run, test, pred)
     return run, pred, trained
+
+
+def predict(run: Path, test: Path, pred: Path, *args: str) -> None:
+    voxseg("predict", "--model", str(run), "-i", str(test), "-o", str(pred), "--overwrite", *args)
 
 
 def combine(kidney: Path, tumour: Path, out: Path) -> Path:
@@ -64,8 +68,7 @@ def combine(kidney: Path, tumour: Path, out: Path) -> Path:
 def tta_scores(run: Path, pred: Path, test: Path) -> dict:
     """The same trained model predicted again with mirror test-time augmentation."""
     started = time.monotonic()
-    voxseg("predict", "--model", str(run), "-i", str(test), "-o", str(pred), "--overwrite",
-           "--tta")  # fmt: skip
+    predict(run, test, pred, "--tta")
     return {"predict_wall_s": time.monotonic() - started, **scores(pred, test)}
 
 
@@ -104,6 +107,14 @@ def one_seed(args, train: Path, test: Path, seed: int, variant: str) -> dict:
     )
     pred = combine(kt, tu, args.work / "pred" / f"binary_pair_{seed}")
     return {"variant": variant, "seed": seed, "train_wall_s": t1 + t2, **scores(pred, test)}
+
+
+def row(label: str, seed: int, seconds: float, r: dict) -> str:
+    """One line of the printed table."""
+    return (
+        f"{label:8} {seed:>4} {seconds:>8.0f} {r['kidney_tumour_dice']:>8.4f} "
+        f"{r['tumour_dice']:>8.4f} {r['tumour_dice_min']:>7.3f} {r['composite']:>7.4f}"
+    )
 
 
 def summary(runs: list[dict]) -> dict:
@@ -151,19 +162,9 @@ def main() -> None:
     for seed in args.seeds:  # seed-major: a cut-short session still has pairs to compare
         for variant in args.variants:
             r = one_seed(args, train, test, seed, variant)
-            print(
-                f"{variant:8} {seed:>4} {r['train_wall_s']:>8.0f} {r['kidney_tumour_dice']:>8.4f} "
-                f"{r['tumour_dice']:>8.4f} {r['tumour_dice_min']:>7.3f} {r['composite']:>7.4f}",
-                flush=True,
-            )
-            if "tta" in r:
-                t = r["tta"]
-                print(
-                    f"{'  +tta':8} {seed:>4} {t['predict_wall_s']:>8.0f} "
-                    f"{t['kidney_tumour_dice']:>8.4f} {t['tumour_dice']:>8.4f} "
-                    f"{t['tumour_dice_min']:>7.3f} {t['composite']:>7.4f}",
-                    flush=True,
-                )
+            print(row(variant, seed, r["train_wall_s"], r), flush=True)
+            if "tta" in r:  # its seconds are prediction's
+                print(row("  +tta", seed, r["tta"]["predict_wall_s"], r["tta"]), flush=True)
             record["runs"].append(r)
             record["mean_over_seeds"] = summary(record["runs"])
             out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")  # after each
