@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 
-.PHONY: install demo test lint bench bench-quality clean
+.PHONY: install demo test test-fast lint bench bench-quality clean
 
 install: $(STAMP)
 
@@ -24,8 +24,13 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# The whole suite, with its slowest tests named so a slow one is noticed as the suite grows.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
+
+# The edit loop: everything but the end-to-end tests marked `slow` (subprocesses, torchrun).
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow" --durations=5
 
 bench: install
 	$(BIN)/python benchmarks/bench_train.py

@@ -36,6 +36,8 @@ from voxseg.cli import main
 main()
 """
 
+pytestmark = pytest.mark.slow
+
 
 def _voxseg(limit: int, *args: str | Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}

@@ -182,3 +182,44 @@ def test_a_fingerprint_without_per_label_intensity_still_loads():
     d = KITS_LIKE.to_dict()
     d["intensity"].pop("by_label", None)
     assert Fingerprint.from_dict(d).intensity.p005 == KITS_LIKE.intensity.p005
+
+
+KITS_32 = Fingerprint(
+    case_ids=tuple(f"c{i}" for i in range(32)),
+    shapes=((80, 250, 250),) * 32,
+    spacings=((4.0, 1.6, 1.6),) * 32,
+    intensity=Intensity(p005=-40.0, p995=300.0, mean=150.0, std=60.0),
+)
+
+
+def test_a_short_budget_plans_a_coarser_grid_and_a_long_one_the_data_grid():
+    from voxseg.train.plan import budget_case_voxels
+
+    def plan(minutes, **kw):
+        return plan_default(
+            KITS_32, voxels_per_second=1e6, max_minutes=minutes, device_class="cpu", **kw
+        )
+
+    grids = {m: plan(m).config.preprocess.spacing for m in (5, 10, 20, 60, 600)}
+    data_grid = plan(None).config.preprocess.spacing
+    assert data_grid == (4.0, 1.6, 1.6)
+    # 26 training cases (20 % validate): the grid coarsens as the budget shrinks, never past
+    # MAX_COARSENING times the median spacing, and a long budget trains on the data's grid.
+    in_plane = [grids[m][1] for m in (5, 10, 20, 60, 600)]
+    assert in_plane == sorted(in_plane, reverse=True) and in_plane[0] > in_plane[-1]
+    assert grids[600] == data_grid
+    assert all(a <= 2 * d for g in grids.values() for a, d in zip(g, data_grid, strict=True))
+    # At 10 minutes the body-cropped median case fits what the budget affords per case.
+    ten = plan(10)
+    affordable = budget_case_voxels(10, 26, DEVICE_BUDGETS["cpu"])
+    assert np.prod(ten.median_shape) <= affordable * 1.05  # rounding to whole voxels
+    assert any("10-minute budget" in n for n in ten.notes)
+    # The measured throughput still plays no part, and the data grid can be asked for.
+    assert (
+        plan(10).config
+        == plan_default(KITS_32, voxels_per_second=0.1e6, max_minutes=10, device_class="cpu").config
+    )
+    assert plan(10, budget_grid=False).config.preprocess.spacing == data_grid
+    # A GPU affords the data's grid at 10 minutes.
+    gpu = plan_default(KITS_32, voxels_per_second=1e6, max_minutes=10, device_class="gpu")
+    assert gpu.config.preprocess.spacing == data_grid

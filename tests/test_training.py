@@ -157,19 +157,118 @@ def test_fit_array_api_like_keras(tmp_path: Path):
     assert json.loads((run / "config.json").read_text(encoding="utf-8"))["model"]["name"] == "seed"
 
 
-def test_time_budget_is_spent_and_the_schedule_follows_the_clock(tmp_path: Path):
-    """With --max-minutes the clock ends training (not an epoch count), the learning rate
-    decays with the elapsed share of the budget, and epochs adapt their length."""
-    budget_s = 4.0
-    config = _config(
-        epochs=10_000, max_minutes=budget_s / 60, steps_per_epoch=2, patience=0, augment="off"
+class FakeClock:
+    """Time that moves only when the test says: a step costs `step_s`, a validation `val_s`."""
+
+    def __init__(self, step_s: float, val_s: float):
+        self.now, self.step_s, self.val_s = 1000.0, step_s, val_s
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _timed_run(tmp: Path, monkeypatch, budget_s: float, step_s: float, val_s: float, **train):
+    """A budgeted run on a fake clock: each optimizer step and each validation advance it by
+    a fixed amount, so the budget logic is checked exactly whatever the machine's speed."""
+    clock = FakeClock(step_s, val_s)
+    real_step, real_validate = loop.train_step, loop.validate_sharded
+
+    def timed_step(*a, **k):
+        clock.now += clock.step_s
+        return real_step(*a, **k)
+
+    def timed_validate(*a, **k):
+        clock.now += clock.val_s
+        return real_validate(*a, **k)
+
+    monkeypatch.setattr(loop, "train_step", timed_step)
+    monkeypatch.setattr(loop, "validate_sharded", timed_validate)
+    config = _config(max_minutes=budget_s / 60, patience=0, augment="off", **train)
+    torch.manual_seed(0)
+    model = build_model(config.model.name, **config.model.options)
+    tmp.mkdir(exist_ok=True)
+    cases = prepared_cases(3)
+    state = loop.train(
+        model,
+        config,
+        cases[:-1],
+        cases[-1:],
+        RunFolder(tmp),
+        device=torch.device("cpu"),
+        hooks=TrainHooks(clock=clock),
     )
-    _, state = _run(tmp_path, config, prepared_cases(3))
+    return config, state
+
+
+@pytest.mark.parametrize(
+    ("budget_s", "step_s", "val_s"),
+    [(60.0, 0.5, 2.0), (600.0, 2.0, 3.0)],  # epochs capped by the budget share / by validation
+)
+def test_time_budget_is_spent_and_the_schedule_follows_the_clock(
+    tmp_path: Path, monkeypatch, budget_s, step_s, val_s
+):
+    """With --max-minutes the clock ends training (not an epoch count): the run stops at the
+    last step whose validation still fits, the learning rate follows the elapsed share of the
+    budget, and epochs after the first are sized from the measured step and validation time."""
+    config, state = _timed_run(
+        tmp_path, monkeypatch, budget_s, step_s, val_s, epochs=10_000, steps_per_epoch=2
+    )
     assert state.stopped == "time budget"
-    assert budget_s * 0.8 <= state.elapsed <= budget_s * 1.5, state.elapsed
-    lrs = [r.lr for r in state.history]
-    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.5 * config.train.lr
-    # Later epochs are sized so validation stays a bounded share of the time.
-    assert any(r.steps != 2 for r in state.history[1:])
+    # Stopped before a step that could not be followed by its validation, not earlier.
+    assert budget_s - step_s - val_s < state.elapsed <= budget_s, state.elapsed
+    history = state.history
+    assert history[0].steps == 2  # the planned first epoch
+    # Then validation ~VAL_SHARE of an epoch, capped at MAX_EPOCH_SHARE of the budget.
+    by_share = round(val_s * (1 - loop.VAL_SHARE) / loop.VAL_SHARE / step_s)
+    cap = round(loop.MAX_EPOCH_SHARE * budget_s / step_s)
+    expected = min(by_share, cap)
+    assert [r.steps for r in history[1:-1]] == [expected] * (len(history) - 2)
+    assert all(r.val_seconds == val_s for r in history)
+    # Each epoch's last learning rate is the cosine at the share of training time spent
+    # before its last step; once a validation has been timed, the final one's time is
+    # reserved (it is not training time).
+    for r in history:
+        before_last_step = r.elapsed - val_s - step_s
+        share = before_last_step / (budget_s - (val_s if r.epoch > 1 else 0.0))
+        assert r.lr == pytest.approx(lr_at(share, config.train.lr, "cosine"), rel=1e-9)
+    assert history[-1].lr < 0.1 * config.train.lr
     rows = RunFolder(tmp_path).read_metrics()
-    assert all(r.step_seconds > 0 and r.val_seconds > 0 for r in rows)
+    assert [r.steps for r in rows] == [r.steps for r in history]
+
+
+def test_a_resumed_budget_counts_the_time_already_spent(tmp_path: Path, monkeypatch):
+    """A run cut short and resumed spends the rest of the same budget, not a new one."""
+    budget_s = 30.0
+    calls = iter(range(1000))
+    config = _config(max_minutes=budget_s / 60, patience=0, augment="off", epochs=10_000)
+    clock = FakeClock(0.5, 1.0)
+    real_step = loop.train_step
+
+    def timed_step(*a, **k):
+        clock.now += clock.step_s
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(loop, "train_step", timed_step)
+    cases = prepared_cases(3)
+
+    def go(resume, should_stop=None):
+        torch.manual_seed(0)
+        model = build_model(config.model.name, **config.model.options)
+        return loop.train(
+            model,
+            config,
+            cases[:-1],
+            cases[-1:],
+            RunFolder(tmp_path),
+            device=torch.device("cpu"),
+            resume=resume,
+            hooks=TrainHooks(clock=clock, should_stop=should_stop),
+        )
+
+    first = go(False, should_stop=lambda late: late or next(calls) >= 10)
+    assert first.stopped == "time budget" and first.elapsed == pytest.approx(5.0)
+    clock.now += 3600.0  # the machine was off for an hour: that is not training time
+    second = go(True)
+    assert second.stopped == "time budget"
+    assert budget_s - 1.5 < second.elapsed <= budget_s
+    assert second.step == round(second.elapsed / 0.5)  # every fake second was a step

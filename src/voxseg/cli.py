@@ -321,6 +321,14 @@ def train(
             help="Thick slices: plan nnU-Net's U-Net that does not mix slices at first.",
         ),
     ] = True,
+    budget_grid: Annotated[
+        bool,
+        typer.Option(
+            "--budget-grid/--data-grid",
+            help="With --max-minutes, coarsen the planned grid so a short budget sees the "
+            "training set often enough (predictions still land on each input's own grid).",
+        ),
+    ] = True,
     nproc: Annotated[
         int, typer.Option("--nproc", min=1, help="Processes on this machine (DDP via torchrun).")
     ] = 1,
@@ -367,6 +375,7 @@ def train(
         overrides={k: v for k, v in given.items() if v is not None},
         preset=preset,
         anisotropic=anisotropic,
+        budget_grid=budget_grid,
         width=width,
         deep_supervision=deep_supervision,
         resume=resume,

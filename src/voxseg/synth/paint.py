@@ -17,8 +17,8 @@ from voxseg.errors import ConfigError, InputError
 from voxseg.geometry import Geometry, Reorientation
 from voxseg.synth.background import fit_layout, slabs
 from voxseg.synth.checks import check_spacing
+from voxseg.synth.domain import DEFAULT, Domain
 from voxseg.synth.finish import add_noise
-from voxseg.synth.tissue import BLUR_MM, CORTEX, MEDULLA
 from voxseg.synth.tumour import (
     Kidney,
     conspicuous,
@@ -40,11 +40,13 @@ def paint_ct(
     spacing: tuple[float, float, float],
     seed: int,
     direction: np.ndarray | None = None,
+    domain: Domain = DEFAULT,
 ) -> np.ndarray:
     """An int16 HU image of exactly `label`'s shape: kidneys (1), tumours (2) and a torso.
 
     `spacing` is in array order; `direction` (3x3, ``Geometry.direction_matrix``) says which
-    array axis points where, so the body is upright whatever the file's orientation.
+    array axis points where, so the body is upright whatever the file's orientation. `domain`
+    sets the contrast phase, dose and kernel (the default paints what it always painted).
     """
     label = np.asarray(label)
     if label.ndim != 3 or label.size == 0:
@@ -65,7 +67,7 @@ def paint_ct(
 
     layout = fit_layout(reo.apply(label), anatomy, rng)
     maps, which = slabs(shape_c, anatomy, layout, rng)
-    sigma = [BLUR_MM / d for d in spacing_c]
+    sigma = [domain.blur_mm / d for d in spacing_c]
     blurred = ndimage.gaussian_filter(maps, (0, sigma[1], sigma[2]), truncate=3.0, mode="nearest")
     blurred = np.rint(blurred).astype(np.int16)
 
@@ -73,17 +75,17 @@ def paint_ct(
     # transposed copy of the full volume, which would cost seconds on a KiTS scan).
     counts = np.bincount(which)
     image = np.repeat(reo.invert(blurred), counts[::-1] if reo.flips[0] else counts, reo.axes[0])
-    _paint_labels(image, label, reo, spacing_c, shrink, maps, which, rng)
-    add_noise(image, rng.uniform(10, 20), rng)
+    _paint_labels(image, label, reo, spacing_c, shrink, maps, which, rng, domain)
+    add_noise(image, rng.uniform(*domain.noise_sd), rng)
     return image
 
 
-def _paint_labels(image, label, reo, spacing, shrink, maps, which, rng) -> None:
+def _paint_labels(image, label, reo, spacing, shrink, maps, which, rng, domain: Domain) -> None:
     """Add kidney and tumour HU inside the label's bounding box (canonical maths, in place).
 
     `spacing` is the canonical image spacing; the anatomy is `shrink` times smaller than that.
     """
-    sigma = [BLUR_MM / d for d in spacing]
+    sigma = [domain.blur_mm / d for d in spacing]
     anatomy = [d / shrink for d in spacing]
     reach = [math.ceil(3 * sigma[list(reo.axes).index(a)]) + 1 for a in range(3)]
     box = []
@@ -113,7 +115,7 @@ def _paint_labels(image, label, reo, spacing, shrink, maps, which, rng) -> None:
     at = (z // step[0], y // step[1], x // step[2])
     d, f = depth[at], field[at]
     cortex_mm = rng.uniform(4, 6)
-    cortex, medulla = CORTEX + rng.normal(0, 10), MEDULLA + rng.normal(0, 8)
+    cortex, medulla = domain.cortex + rng.normal(0, 10), domain.medulla + rng.normal(0, 8)
     hu = np.where(d < cortex_mm, cortex, medulla) + 8 * f
     tumours = own_stream(rng)
     tumour = crop[z, y, x] == 2

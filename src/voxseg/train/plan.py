@@ -6,13 +6,15 @@ nothing is timed here, so a plan can be tested exactly and reproduced on another
 - Intensity: clip to a window covering every foreground label's 0.5-99.5 HU percentiles,
   standardise with their equal-weight mean/std (a small tumour is not outvoted by the kidney).
 - Spacing: the median spacing, coarsened (finest axes first, at most MAX_COARSENING times)
-  until the median case fits the device class's voxel budget.
+  until the median case fits the device class's voxel budget and, with a time budget, until
+  the training set can be seen MIN_PASSES times at the device class's nominal throughput (a
+  10-minute CPU run learns more on a coarser grid; a long or GPU run keeps the data's own).
 - Patch: the median case at that spacing, shrunk evenly to the device class's patch size.
 - Schedule: with a time budget the clock ends training and the learning rate follows the
   elapsed time, so the throughput only sizes the first epoch; without one, the number of
   epochs is sized for DEFAULT_MINUTES.
-Spacing and patch depend on the data and the device class only: a noisy throughput reading
-on a busy machine cannot make the grid coarser.
+Spacing and patch depend on the data, the device class and the budget only (all known
+exactly): a noisy throughput reading on a busy machine cannot make the grid coarser.
 """
 
 from __future__ import annotations
@@ -40,12 +42,27 @@ class DeviceBudget:
     """Voxels of one training patch."""
     base_channels: int
     """U-Net width: 8 trains ~2x faster than 16 on a CPU and learns kidneys within minutes."""
+    voxels_per_second: float
+    """Nominal training throughput of the class (patch voxels per second), used only to fit
+    the grid to a time budget: a constant, so the plan does not follow a noisy reading. CPU:
+    the low end of a quiet 2-core reading (1.07-1.74 Mvoxel/s, benchmarks/RESULTS.md). GPU:
+    assumed, not yet measured; it keeps the data's own grid for any budget over a minute or so."""
 
 
 DEVICE_BUDGETS = {
-    "cpu": DeviceBudget(case_voxels=12e6, patch_voxels=0.6e6, base_channels=8),
-    "gpu": DeviceBudget(case_voxels=80e6, patch_voxels=2.5e6, base_channels=32),
+    "cpu": DeviceBudget(
+        case_voxels=12e6, patch_voxels=0.6e6, base_channels=8, voxels_per_second=1.0e6
+    ),
+    "gpu": DeviceBudget(
+        case_voxels=80e6, patch_voxels=2.5e6, base_channels=32, voxels_per_second=30e6
+    ),
 }
+MIN_PASSES = 20.0
+"""With a time budget, the training set should fit this many times into the voxels the
+budget trains at the nominal throughput; otherwise the grid is coarsened (within
+MAX_COARSENING). See benchmarks/RESULTS.md for the budgets it was measured over."""
+TRAIN_SHARE = 0.85
+"""Share of a timed run spent on optimizer steps (the rest: validation, start-up)."""
 BATCH = 2
 MAX_PATCH = (128, 160, 160)
 MIN_PATCH = 32
@@ -56,7 +73,7 @@ BODY_SHARE = 0.85
 UNET_DEPTH = 4
 DEFAULT_MINUTES = 60.0
 """Budget the epoch count is sized for when no --max-minutes is given."""
-VAL_SHARE_INV = 6.0
+VAL_SHARE_INV = 11.0
 """Training time per epoch is about this many times the validation time."""
 TIMED_EPOCHS = 10_000
 """Epoch cap with a time budget: the clock ends training, not the count."""
@@ -105,6 +122,13 @@ def plan_spacing(
     return spacing, False
 
 
+def budget_case_voxels(max_minutes: float, n_train: int, budget: DeviceBudget) -> float:
+    """Voxels per case at which `n_train` cases fit MIN_PASSES times into what `max_minutes`
+    trains at the device class's nominal throughput."""
+    trained = max_minutes * 60 * TRAIN_SHARE * budget.voxels_per_second
+    return trained / (n_train * MIN_PASSES)
+
+
 def unet_topology(spacing, depth: int = UNET_DEPTH) -> tuple[list[list[int]], list[list[int]]]:
     """nnU-Net's rule for thick slices: an axis more than twice as coarse as the finest one
     gets kernel 1 and stride 1 at that level (no mixing across slices yet), until pooling the
@@ -150,7 +174,9 @@ def plan_default(
     base: RunConfig | None = None,
     anisotropic: bool = True,
     width: int | None = None,
+    budget_grid: bool = True,
 ) -> Plan:
+    """`budget_grid` lets a time budget coarsen the grid (see `budget_case_voxels`)."""
     base = base or RunConfig()
     budget = DEVICE_BUDGETS[device_class]
     notes = []
@@ -171,9 +197,20 @@ def plan_default(
     else:
         notes.append("no foreground found in the sampled cases: default kidney HU window kept")
 
-    spacing, limited = plan_spacing(median_spacing, extent_mm, budget.case_voxels)
+    case_voxels = budget.case_voxels
+    n_train = max(1, round(len(fingerprint.shapes) * (1 - base.train.val_fraction)))
+    if max_minutes and budget_grid:
+        affordable = budget_case_voxels(max_minutes, n_train, budget)
+        if affordable < case_voxels:
+            case_voxels = affordable
+            notes.append(
+                f"{max_minutes:g}-minute budget: grid sized so the {n_train} training cases "
+                f"fit {MIN_PASSES:g} times ({affordable / 1e6:.2f} Mvoxel per case at "
+                f"{budget.voxels_per_second / 1e6:g} Mvoxel/s nominal)"
+            )
+    spacing, limited = plan_spacing(median_spacing, extent_mm, case_voxels)
     if limited:
-        notes.append("the data is large for this device: spacing coarsened to the limit")
+        notes.append("the data is large for this device or budget: spacing coarsened to the limit")
     spacing = tuple(round(float(s), 3) for s in spacing)
     model = planned_model(base.model, device_class, spacing, anisotropic, width)
     median_shape = tuple(int(round(e / s)) for e, s in zip(extent_mm, spacing, strict=True))

@@ -44,6 +44,8 @@ class TrainOptions:
     anisotropic: bool = True
     """Plan a thick-slice U-Net topology (1x3x3 kernels, 1x2x2 strides at first) when the
     slices are much thicker than the pixels."""
+    budget_grid: bool = True
+    """Let a time budget coarsen the planned grid (`plan.budget_case_voxels`)."""
     width: int | None = None
     """U-Net base width for the plan (None: the device class's default)."""
     deep_supervision: bool = False
@@ -116,6 +118,7 @@ def resolve_config(
             base=base,
             anisotropic=o.anisotropic,
             width=o.width,
+            budget_grid=o.budget_grid,
         )
         low, high = min(throughput.readings), max(throughput.readings)
         log(f"plan: throughput readings {low / 1e6:.2f}-{high / 1e6:.2f} Mvoxel/s")
