@@ -3,8 +3,15 @@ other flag on CT-like cases painted around real KiTS19 anatomy, then predict uns
 their original grids and score them. Repeats (seeds) give the spread; the `busy` condition
 keeps one core busy with another process for the whole run.
 
+Each imaging domain (`voxseg.synth.domain`: contrast phase, dose, kernel, slice thickness) is
+a dataset of its own, trained and scored apart, as a user with that site's scans would; a
+recipe is judged by its worst domain. `--variants` compares recipes in one run (each a string
+of `voxseg train` options, "" the default), interleaved so a drift of the machine hits all.
+
     python benchmarks/bench_quality.py                      # 10 min x 3 seeds x quiet, busy
     python benchmarks/bench_quality.py --minutes 4 --seeds 0 --conditions busy
+    python benchmarks/bench_quality.py --seeds 0 --conditions quiet \
+        --domains nephrographic corticomedullary lowdose --variants "" "--data-grid"
 
 Prints a table and writes benchmarks/results/quality.json. Needs ../shared/data/kits19-labels.
 """
@@ -25,16 +32,16 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
-from make_kits_like import SHARED, make_case  # noqa: E402
+from make_kits_like import SHARED, SLICES_MM, make_case  # noqa: E402
 
 
-def dataset(work: Path, first: int, count: int, name: str) -> Path:
-    """KiTS-like cases `first`..`first+count-1`, made once and reused."""
-    folder = work / name
+def dataset(work: Path, first: int, count: int, name: str, domain: str) -> Path:
+    """KiTS-like cases `first`..`first+count-1` painted in `domain`, made once and reused."""
+    folder = work / domain / name
     cases = sorted(SHARED.glob("case_*"))[first : first + count]
     for i, case in enumerate(cases):
         if not (folder / case.name / "segmentation.nii.gz").is_file():
-            make_case(case, folder, seed=first + i)
+            make_case(case, folder, seed=first + i, domain=domain)
     return folder
 
 
@@ -57,12 +64,20 @@ def voxseg(*args: str) -> str:
 
 
 def one_run(
-    work: Path, train: Path, test: Path, minutes: float, seed: int, busy: bool, extra: list[str]
+    work: Path,
+    domain: str,
+    minutes: float,
+    seed: int,
+    busy: bool,
+    extra: list[str],
 ) -> dict:
     from voxseg.evaluation import evaluate
     from voxseg.run_folder import RunFolder
 
-    name = "_".join(["busy" if busy else "quiet", str(seed), *[a.strip("-") for a in extra]])
+    train = dataset(work, 0, 32, "train", domain)  # cases 0-31
+    test = dataset(work, 32, 18, "test", domain)  # cases 32-49, never seen in training
+    parts = [domain, "busy" if busy else "quiet", str(seed), *[a.strip("-") for a in extra]]
+    name = "_".join(parts)
     run, pred = work / "runs" / name, work / "pred" / name
     background = hog() if busy else None
     try:
@@ -95,6 +110,7 @@ def one_run(
     result = evaluate(pred, test)
     dice = {c.case_id: c.dice for c in result.cases}
     return {
+        "domain": domain,
         "condition": "busy" if busy else "quiet",
         "seed": seed,
         "train_args": extra,
@@ -109,6 +125,7 @@ def one_run(
         "dice_mean": statistics.fmean(dice.values()),
         "dice_min": min(dice.values()),
         "dice": dice,
+        "spacing": RunFolder(run).load_config().preprocess.spacing,
         "log": [line for line in log.splitlines() if line.startswith(("plan:", "stopped"))],
     }
 
@@ -118,41 +135,66 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--conditions", nargs="+", default=["quiet", "busy"])
+    p.add_argument("--domains", nargs="+", default=list(SLICES_MM), choices=list(SLICES_MM))
     p.add_argument("--work", type=Path, default=Path("/tmp/voxseg-bench-quality"))
     p.add_argument("--tag", default="", help="label of this run in the JSON (e.g. a commit)")
     p.add_argument(
-        "--train-args", default="", help="extra `voxseg train` options, e.g. '--augment light'"
+        "--variants",
+        nargs="+",
+        default=[""],
+        help="`voxseg train` options per recipe compared, '' for the default (e.g. '--data-grid')",
     )
     args = p.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED}: the real KiTS19 label maps are needed (shared data absent)")
-    train = dataset(args.work, 0, 32, "train")  # cases 0-31
-    test = dataset(args.work, 32, 18, "test")  # cases 32-49, never seen in training
-    runs = []
-    print(f"{'condition':9} {'seed':>4} {'trained s':>9} {'budget %':>8} {'epochs':>6} "
-          f"{'val %':>5} {'Dice mean':>9} {'min':>6}", flush=True)  # fmt: skip
-    for condition in args.conditions:
-        for seed in args.seeds:
-            extra = args.train_args.split()
-            r = one_run(args.work, train, test, args.minutes, seed, condition == "busy", extra)
-            runs.append(r)
-            print(
-                f"{r['condition']:9} {seed:>4} {r['trained_s']:>9.0f} "
-                f"{100 * r['trained_s'] / r['budget_s']:>8.1f} {r['epochs']:>6} "
-                f"{100 * r['val_s'] / max(r['trained_s'], 1e-9):>5.1f} "
-                f"{r['dice_mean']:>9.4f} {r['dice_min']:>6.3f}",
-                flush=True,
-            )
-    summary = {}
-    for condition in args.conditions:
-        means = [r["dice_mean"] for r in runs if r["condition"] == condition]
-        if means:
-            summary[condition] = {
-                "dice_mean_over_seeds": statistics.fmean(means),
-                "spread": [min(means), max(means)],
-            }
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"quality{'_' + args.tag if args.tag else ''}.json"
+    runs = []
+    print(f"{'domain':16} {'variant':14} {'condition':9} {'seed':>4} {'trained s':>9} "
+          f"{'budget %':>8} {'epochs':>6} {'val %':>5} {'Dice mean':>9} {'min':>6}",
+          flush=True)  # fmt: skip
+    for condition in args.conditions:
+        for seed in args.seeds:
+            for domain in args.domains:
+                for variant in args.variants:
+                    busy = condition == "busy"
+                    r = one_run(args.work, domain, args.minutes, seed, busy, variant.split())
+                    r["variant"] = variant or "default"
+                    runs.append(r)
+                    print(
+                        f"{domain:16} {r['variant']:14} {r['condition']:9} {seed:>4} "
+                        f"{r['trained_s']:>9.0f} {100 * r['trained_s'] / r['budget_s']:>8.1f} "
+                        f"{r['epochs']:>6} {100 * r['val_s'] / max(r['trained_s'], 1e-9):>5.1f} "
+                        f"{r['dice_mean']:>9.4f} {r['dice_min']:>6.3f}",
+                        flush=True,
+                    )
+                    write(out, args, runs)
+    print(json.dumps(write(out, args, runs), indent=2))
+    print(f"wrote {out}")
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per variant and condition: the mean over seeds per domain, and the worst domain."""
+    summary: dict = {}
+    for r in runs:
+        key = f"{r['variant']} / {r['condition']}"
+        summary.setdefault(key, {}).setdefault(r["domain"], []).append(r["dice_mean"])
+    for key, domains in summary.items():
+        means = {d: statistics.fmean(v) for d, v in domains.items()}
+        worst = min(means, key=means.get)
+        summary[key] = {
+            "dice_mean_per_domain": means,
+            "runs_per_domain": {d: len(v) for d, v in domains.items()},
+            "worst_domain": worst,
+            "worst_dice": means[worst],
+            "spread_between_domains": max(means.values()) - means[worst],
+        }
+    return summary
+
+
+def write(out: Path, args, runs: list[dict]) -> dict:
+    """Save after every run, so an interrupted benchmark keeps what it measured."""
+    summary = summarise(runs)
     record = {
         "tag": args.tag,
         "machine": {"cpu": platform.processor(), "cores": os.cpu_count()},
@@ -161,8 +203,7 @@ def main() -> None:
         "runs": runs,
     }
     out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {out}")
+    return summary
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from scipy import ndimage
 from voxseg.data.io import read_image, write_image
 from voxseg.geometry import Geometry
 from voxseg.synth import paint_ct
+from voxseg.synth.domain import domain as imaging_domain
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kits19-labels"
 
@@ -38,17 +39,28 @@ def resampled(label: np.ndarray, g: Geometry, spacing: tuple[float, float, float
     return out, Geometry(shape, true_spacing, origin, g.direction)
 
 
-def make_case(case: Path, out: Path, seed: int) -> str:
-    """One KiTS-like case from a KiTS19 case folder: 1.6 mm in-plane, 3-5 mm slices (drawn
-    from `seed`), CT painted with `seed`; written to out/<case name>. Returns a one-line log."""
+SLICES_MM = {
+    "nephrographic": (3.0, 4.0, 5.0),
+    "corticomedullary": (2.0, 2.5, 3.0),
+    "lowdose": (5.0,),
+}
+"""Slice thickness drawn per case in each imaging domain (`voxseg.synth.domain`): thin arterial
+scans, thick low-dose ones; the first domain is the setting of every earlier figure."""
+
+
+def make_case(case: Path, out: Path, seed: int, domain: str = "nephrographic") -> str:
+    """One KiTS-like case from a KiTS19 case folder: 1.6 mm in-plane, slices drawn from
+    `seed` among the domain's thicknesses, CT painted in `domain` with `seed`; written to
+    out/<case name>. Returns a one-line log."""
     rng = np.random.default_rng(seed)
     label, g = read_image(case / "segmentation.nii.gz")
     # KiTS arrays: the slice axis is the one along the patient's superior-inferior direction
     slice_axis = int(np.argmax([abs(g.direction_matrix[2, 2 - a]) for a in range(3)]))
     target = [1.6, 1.6, 1.6]
-    target[slice_axis] = max(g.spacing[slice_axis], float(rng.choice([3.0, 4.0, 5.0])))
+    target[slice_axis] = max(g.spacing[slice_axis], float(rng.choice(SLICES_MM[domain])))
     small, sg = resampled(label, g, tuple(target))
-    image = paint_ct(small, sg.spacing, seed=seed, direction=sg.direction_matrix)
+    look = imaging_domain(domain)
+    image = paint_ct(small, sg.spacing, seed=seed, direction=sg.direction_matrix, domain=look)
     folder = out / case.name
     write_image(folder / "imaging.nii.gz", image, sg, overwrite=True)
     write_image(folder / "segmentation.nii.gz", small.astype(np.uint8), sg, overwrite=True)
@@ -63,10 +75,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cases", type=int, default=50)
     p.add_argument("--first", type=int, default=0, help="first KiTS case index to use")
+    p.add_argument("--domain", default="nephrographic", choices=sorted(SLICES_MM))
     args = p.parse_args()
     cases = sorted(SHARED.glob("case_*"))[args.first : args.first + args.cases]
     for i, case in enumerate(cases):
-        print(make_case(case, args.out, seed=args.first + i), flush=True)
+        print(make_case(case, args.out, seed=args.first + i, domain=args.domain), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from voxseg.data.io import read_image, write_image
 from voxseg.errors import ConfigError, InputError, OutputExistsError
 from voxseg.geometry import Geometry, Reorientation
 from voxseg.synth import SynthCase, paint_ct, random_case, write_dataset
+from voxseg.synth.domain import DOMAINS, domain
 from voxseg.synth.tumour import MIN_CONTRAST_HU, Kidney, Look, conspicuous, draw_look
 
 KITS_LABELS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kits19-labels"
@@ -361,3 +362,34 @@ def test_random_cases_measure_each_tumours_surroundings(monkeypatch, seed):
     surround, solid, kidney = seen[0]
     assert kidney.medulla - 20 < surround < kidney.cortex + 20  # HU of the painted kidney
     assert abs(solid - surround) >= MIN_CONTRAST_HU
+
+
+def test_the_default_domain_paints_what_the_painter_always_painted():
+    import hashlib
+
+    label = random_case(5, (24, 48, 48)).label
+    image = paint_ct(label, (2.5, 1.6, 1.6), seed=7, domain=DOMAINS["nephrographic"])
+    # The bytes painted before domains existed (commit 688dac1): earlier figures stay valid.
+    assert hashlib.sha256(image.tobytes()).hexdigest()[:16] == "e9af3e498b57aa5b"
+
+
+def test_domains_change_the_look_they_name_and_not_the_anatomy():
+    label = random_case(5, (48, 96, 96)).label
+    spacing = (2.5, 1.6, 1.6)
+    painted = {n: paint_ct(label, spacing, seed=7, domain=d) for n, d in DOMAINS.items()}
+    depth = ndimage.distance_transform_edt(label == 1, sampling=spacing)
+
+    def cortex_minus_medulla(image):
+        return float(image[(depth > 0) & (depth < 3)].mean() - image[depth > 9].mean())
+
+    def grain(image):  # noise: what a 3-voxel smoothing removes in the body (median: not edges)
+        smooth = ndimage.uniform_filter(image.astype(np.float32), 3)
+        return float(np.median(np.abs(image - smooth)[(image > -300) & (image < 300)]))
+
+    base = painted["nephrographic"]
+    assert cortex_minus_medulla(painted["corticomedullary"]) > 1.5 * cortex_minus_medulla(base)
+    assert cortex_minus_medulla(painted["lowdose"]) < 0.5 * cortex_minus_medulla(base)
+    assert grain(painted["lowdose"]) > 1.3 * grain(base)  # SD 30-45 against 10-20 HU
+    assert all(p.shape == label.shape and p.dtype == np.int16 for p in painted.values())
+    with pytest.raises(ConfigError, match="unknown imaging domain 'venous'.*nephrographic"):
+        domain("venous")
