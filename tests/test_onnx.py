@@ -389,3 +389,15 @@ def test_auto_engine_takes_the_measured_faster_one(tmp_path: Path, monkeypatch):
     assert choose_engine(run, "torch", "cpu") == "torch"
     run.onnx_model.unlink()
     assert choose_engine(run, "auto", "cpu") == "torch"
+
+
+def test_an_unknown_engine_through_the_api_is_refused_not_run_on_torch(tmp_path: Path):
+    import voxseg
+    from voxseg.errors import ConfigError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"x")
+    (run / "config.json").write_text(RunConfig().to_json(), encoding="utf-8")
+    with pytest.raises(ConfigError, match="engine 'onnxx': choose one of auto, torch, onnx"):
+        voxseg.predict(run, tmp_path / "in.nii.gz", tmp_path / "out.nii.gz", engine="onnxx")

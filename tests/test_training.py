@@ -272,3 +272,20 @@ def test_a_resumed_budget_counts_the_time_already_spent(tmp_path: Path, monkeypa
     assert second.stopped == "time budget"
     assert budget_s - 1.5 < second.elapsed <= budget_s
     assert second.step == round(second.elapsed / 0.5)  # every fake second was a step
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [
+        ("lr", -1.0, "lr"),
+        ("batch_size", 0, "batch"),
+        ("epochs", 0, "epochs"),
+        ("loss", "l2", "loss"),
+    ],
+)
+def test_fit_validates_its_options_like_the_command_line(option, value, named):
+    from voxseg.errors import ConfigError
+
+    x = np.zeros((2, 16, 16, 16, 1), dtype=np.float32)
+    with pytest.raises(ConfigError, match=named):
+        fit(x, x, **{option: value})

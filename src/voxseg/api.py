@@ -146,7 +146,7 @@ def fit(
             max_minutes=max_minutes,
             loss=loss or config.train.loss,
         ),
-    )
+    ).validate()  # the same ranges as the command line (lr > 0, batch >= 1, ...)
     dev = resolve_device(device)
     torch.manual_seed(seed)
     net = build_model(config.model.name, **config.model.options)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -150,6 +150,8 @@ def load_predictor(
 ) -> Predictor:
     """The run's model, ready to predict: rebuilt from config.json with its best weights (no
     pickle), or its exported model.onnx under ONNX Runtime (no torch)."""
+    if engine not in get_args(Engine):  # the API takes any string; the CLI checks its choices
+        raise ConfigError(f"engine {engine!r}: choose one of {', '.join(get_args(Engine))}")
     run = RunFolder(Path(run_dir))
     config = run.load_config()
     if choose_engine(run, engine, device, precision or config.train.precision) == "onnx":
