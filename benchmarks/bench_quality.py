@@ -50,9 +50,12 @@ def hog() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
-def voxseg(*args: str) -> str:
+def voxseg(*args: str, src: Path | None = None) -> str:
+    """Run the CLI; `src` runs another checkout's code (a baseline) with the same packages."""
+    env = {**os.environ, "PYTHONPATH": str(src)} if src else None
     proc = subprocess.run(
         [sys.executable, "-m", "voxseg", *args],
+        env=env,
         capture_output=True,
         text=True,
         encoding="utf-8",
@@ -70,6 +73,7 @@ def one_run(
     seed: int,
     busy: bool,
     extra: list[str],
+    src: Path | None = None,
 ) -> dict:
     from voxseg.evaluation import evaluate
     from voxseg.run_folder import RunFolder
@@ -77,6 +81,7 @@ def one_run(
     train = dataset(work, 0, 32, "train", domain)  # cases 0-31
     test = dataset(work, 32, 18, "test", domain)  # cases 32-49, never seen in training
     parts = [domain, "busy" if busy else "quiet", str(seed), *[a.strip("-") for a in extra]]
+    parts += ["baseline"] if src else []
     name = "_".join(parts)
     run, pred = work / "runs" / name, work / "pred" / name
     background = hog() if busy else None
@@ -96,11 +101,12 @@ def one_run(
             "--cache",
             str(work / "cache"),
             *extra,
+            src=src,
         )
         train_wall = time.monotonic() - started
         t0 = time.monotonic()
         voxseg("predict", "--model", str(run), "--input", str(test), "--output", str(pred),
-               "--overwrite")  # fmt: skip
+               "--overwrite", src=src)  # fmt: skip
         predict_wall = time.monotonic() - t0
     finally:
         if background is not None:
@@ -142,7 +148,14 @@ def main() -> None:
         "--variants",
         nargs="+",
         default=[""],
-        help="`voxseg train` options per recipe compared, '' for the default (e.g. '--data-grid')",
+        help="`voxseg train` options per recipe compared, '' for the default; a lone flag "
+        'needs a leading space to pass argparse: " --data-grid"',
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout (git worktree) of an earlier commit: its default recipe runs as one "
+        "more variant, 'baseline', beside --variants (same data, interleaved)",
     )
     args = p.parse_args()
     if not SHARED.is_dir():
@@ -156,10 +169,12 @@ def main() -> None:
     for condition in args.conditions:
         for seed in args.seeds:
             for domain in args.domains:
-                for variant in args.variants:
+                recipes = [(v, None) for v in args.variants]
+                recipes += [("", args.baseline / "src")] if args.baseline else []
+                for variant, src in recipes:
                     busy = condition == "busy"
-                    r = one_run(args.work, domain, args.minutes, seed, busy, variant.split())
-                    r["variant"] = variant or "default"
+                    r = one_run(args.work, domain, args.minutes, seed, busy, variant.split(), src)
+                    r["variant"] = "baseline" if src else variant.strip() or "default"
                     runs.append(r)
                     print(
                         f"{domain:16} {r['variant']:14} {r['condition']:9} {seed:>4} "
@@ -195,8 +210,13 @@ def summarise(runs: list[dict]) -> dict:
 def write(out: Path, args, runs: list[dict]) -> dict:
     """Save after every run, so an interrupted benchmark keeps what it measured."""
     summary = summarise(runs)
+    baseline = args.baseline and subprocess.run(
+        ["git", "-C", str(args.baseline), "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()  # fmt: skip
     record = {
         "tag": args.tag,
+        "baseline_commit": baseline or None,
         "machine": {"cpu": platform.processor(), "cores": os.cpu_count()},
         "minutes": args.minutes,
         "summary": summary,

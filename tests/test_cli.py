@@ -212,8 +212,21 @@ def test_evaluate_mismatched_grid(tmp_path: Path):
 
 
 def test_debug_shows_the_traceback(tmp_path: Path):
-    result = invoke("--debug", "info", tmp_path / "nope")
-    assert result.exit_code != 0 and result.exception is not None
+    """--debug lets the user's error through with its traceback (and nothing else breaks on
+    the way out); without it the same error is one line."""
+    import subprocess
+    import sys
+
+    def run(*args):
+        cmd = [sys.executable, "-m", "voxseg", *args, "info", str(tmp_path / "nope")]
+        return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+    debug, plain = run("--debug"), run()
+    assert debug.returncode not in (0, 2)
+    assert "Traceback" in debug.stderr and "InputError" in debug.stderr, debug.stderr
+    assert "During handling" not in debug.stderr, debug.stderr  # the handler did not crash
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert plain.stderr.strip().splitlines()[-1].startswith("error:")
 
 
 def test_absurd_volume_is_refused_before_allocating(tmp_path: Path, kits_tiny: Path, monkeypatch):

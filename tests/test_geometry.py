@@ -70,3 +70,16 @@ def test_reorientation_keeps_world_positions_for_oblique_direction():
 def test_geometry_dict_round_trip():
     g = Geometry((3, 4, 5), (2.5, 1.5, 0.7), (5.0, -7.0, 11.0), IPL)
     assert Geometry.from_dict(g.to_dict()) == g
+
+
+def test_grid_difference_names_the_field_outside_its_tolerance():
+    base = Geometry((4, 5, 6), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), IDENTITY)
+    # The origin 5e-4 mm off is within its tolerance (1e-3); the direction 2e-4 off is not.
+    tilted = (1.0, 2e-4, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    other = Geometry((4, 5, 6), (1.0, 1.0, 1.0), (5e-4, 0.0, 0.0), tilted)
+    assert not base.same_grid(other)
+    assert base.grid_difference(other).startswith("direction")
+    near = Geometry((4, 5, 6), (1.0, 1.0, 1.0), (5e-4, 0.0, 0.0), IDENTITY)
+    assert base.same_grid(near) and base.grid_difference(near) is None
+    wider = Geometry((4, 5, 7), near.spacing, near.origin, near.direction)
+    assert base.grid_difference(wider) == "shape (4, 5, 6) vs (4, 5, 7)"

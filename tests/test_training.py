@@ -117,9 +117,17 @@ def test_early_stopping_restores_best_epoch(tmp_path: Path, monkeypatch):
         torch.testing.assert_close(v, snapshots["best"][k])
 
 
-def test_time_budget_stops_at_a_step_boundary(tmp_path: Path):
-    _, state = _run(tmp_path, _config(epochs=100, max_minutes=1e-6), prepared_cases(3))
+def test_time_budget_stops_at_a_step_boundary(tmp_path: Path, monkeypatch):
+    """Budget 10 s, steps 1 s, validation 2 s. Epoch 1: the 3 planned steps, validated at 5 s.
+    Epoch 2 is planned at 10 steps (the minimum), but after 3 of them (8 s) one more step and
+    its validation would end at 11 s: training stops there, mid-epoch, and the partial epoch
+    is validated, ending exactly on the budget."""
+    _, state = _timed_run(tmp_path, monkeypatch, 10.0, 1.0, 2.0, epochs=100, steps_per_epoch=3)
     assert state.stopped == "time budget"
+    assert [r.steps for r in state.history] == [3, 3] and state.step == 6
+    assert state.elapsed == pytest.approx(10.0)
+    saved = json.loads((tmp_path / "state.json").read_text(encoding="utf-8"))
+    assert (saved["epoch"], saved["step"], saved["stopped"]) == (2, 6, "time budget")
 
 
 def test_training_is_deterministic(tmp_path: Path):
@@ -289,3 +297,23 @@ def test_fit_validates_its_options_like_the_command_line(option, value, named):
     x = np.zeros((2, 16, 16, 16, 1), dtype=np.float32)
     with pytest.raises(ConfigError, match=named):
         fit(x, x, **{option: value})
+
+
+def test_validation_windows_do_not_overlap_whatever_prediction_uses(monkeypatch):
+    """Validation ranks epochs: it tiles each case once (prediction overlaps its windows)."""
+    from voxseg.train import validation
+
+    seen = []
+    real = validation.predict_probabilities
+
+    def spy(*a, **k):
+        seen.append(k["overlap"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(validation, "predict_probabilities", spy)
+    config = _config()
+    assert config.infer.overlap > 0
+    torch.manual_seed(0)
+    model = build_model(config.model.name, **config.model.options)
+    result = validation.validate(model, prepared_cases(2), config, torch.device("cpu"), None)
+    assert seen == [0.0, 0.0] and result.dice.shape == (2, 1)

@@ -52,7 +52,7 @@ class OneLineErrors(typer.core.TyperGroup):
                 soft_wrap=True,
             )
             sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
+        except typer.Abort:  # click.exceptions.Abort before Typer 0.29, typer.exceptions after
             err_console.print("aborted")
             sys.exit(1)
         if standalone_mode:

@@ -247,21 +247,12 @@ def pair_cases(pred: Path, gt: Path) -> tuple[list[CasePair], list[str]]:
     return [CasePair(k, preds[k], *gts[k]) for k in sorted(gts)], notes
 
 
-def _grid_difference(pred: Geometry, gt: Geometry) -> str:
-    if pred.shape != gt.shape:
-        return f"shape {pred.shape} vs {gt.shape}"
-    for name in ("spacing", "origin", "direction"):
-        a, b = getattr(pred, name), getattr(gt, name)
-        if not np.allclose(a, b, rtol=0, atol=1e-4):
-            return f"{name} {tuple(round(v, 4) for v in a)} vs {tuple(round(v, 4) for v in b)}"
-    return "grids differ"
-
-
 def _check_same_grid(pair: CasePair, pred: Geometry, gt: Geometry) -> None:
-    if not pred.same_grid(gt):
+    difference = pred.grid_difference(gt)
+    if difference:
         raise InputError(
             f"{pair.pred}: not on the grid of ground truth {pair.gt} "
-            f"({_grid_difference(pred, gt)}); write the prediction on the ground truth's grid "
+            f"({difference}); write the prediction on the ground truth's grid "
             "(voxseg predict does) or resample it onto that grid"
         )
 

@@ -57,12 +57,21 @@ class Geometry:
 
     def same_grid(self, other: Geometry, atol: float = 1e-4) -> bool:
         """True when both describe the same voxel grid (shape exact, the rest within `atol`)."""
-        return (
-            self.shape == other.shape
-            and np.allclose(self.spacing, other.spacing, rtol=0, atol=atol)
-            and np.allclose(self.origin, other.origin, rtol=0, atol=atol * 10)
-            and np.allclose(self.direction, other.direction, rtol=0, atol=atol)
-        )
+        return self.grid_difference(other, atol) is None
+
+    def grid_difference(self, other: Geometry, atol: float = 1e-4) -> str | None:
+        """The first field on which the grids differ, as "name (mine) vs (other)", or None.
+
+        Spacing and direction within `atol`, the origin (mm, further from 0) within 10x that:
+        `same_grid` asks this, so a message never blames a field that was within tolerance.
+        """
+        if self.shape != other.shape:
+            return f"shape {self.shape} vs {other.shape}"
+        for name, tol in (("spacing", atol), ("origin", atol * 10), ("direction", atol)):
+            a, b = getattr(self, name), getattr(other, name)
+            if not np.allclose(a, b, rtol=0, atol=tol):
+                return f"{name} {tuple(round(v, 4) for v in a)} vs {tuple(round(v, 4) for v in b)}"
+        return None
 
     def to_dict(self) -> dict:
         return {

@@ -3,6 +3,11 @@ the network grid), scored with the project's own Dice and the training loss.
 
 Every candidate post-processing is scored on the same probabilities, so choosing it after
 training costs no second prediction.
+
+Windows do not overlap here (prediction overlaps them by `InferConfig.overlap`): validation
+ranks epochs and picks post-processing, for which the seams between windows cost little,
+and it runs ~2.4x fewer windows (4/3 per axis at 0.25 overlap), so it stays a small share of
+a time budget even on CT-sized validation cases.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from voxseg.postprocess import CANDIDATES, candidate_dice
 from voxseg.prepared import PreparedCase
 from voxseg.regions import channels, nest
 from voxseg.weights import unwrap
+
+VAL_OVERLAP = 0.0
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,7 @@ def validate(
             model,
             case.image,
             window=config.infer.window,
-            overlap=config.infer.overlap,
+            overlap=min(config.infer.overlap, VAL_OVERLAP),
             device=device,
             amp=amp,
             pad_value=config.preprocess.pad_value,
