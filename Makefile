@@ -33,10 +33,12 @@ test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow" --durations=5
 
 bench: install
+	$(BIN)/python benchmarks/bench_step.py
+	$(BIN)/python benchmarks/bench_levers.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_predict.py
 
-# Default recipe, 10 minutes, 3 seeds, quiet and with one core busy (~75 min on 2 cores).
+# Default recipe, 10 minutes, 3 seeds x 3 imaging domains, quiet and busy (~3.5 h on 2 cores).
 bench-quality: install
 	$(BIN)/python benchmarks/bench_quality.py
 

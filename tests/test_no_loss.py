@@ -363,3 +363,24 @@ def test_train_out_an_existing_file_is_one_line(tmp_path: Path, run: Path):
     result = invoke("train", "--data", run.parent / "kits", "--out", out, *SEED_16)
     assert_user_error(result, str(out), "is a file")
     assert out.read_text(encoding="utf-8") == "mine"
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_grid_a_budget_planned(tmp_path: Path):
+    """A short budget coarsens the planned grid; --data-grid on --resume would silently keep
+    it, so it is refused (and a plain --resume continues)."""
+    out, data = tmp_path / "budget", tmp_path / "kits"
+    for i in range(3):  # 32 x 48 x 48: 3 cases do not fit 20 times into 0.01 minutes
+        image, label = blob_case((32, 48, 48), seed=i)
+        write_case(data / f"case_{i:05d}", image, label, geometry_for(image.shape))
+    args = ["train", "--data", data, "--out", out, "--cache", tmp_path / "c"]
+    result = invoke(*args, "--max-minutes", "0.01")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    record = json.loads((out / "fingerprint.json").read_text(encoding="utf-8"))
+    median = np.median(record["fingerprint"]["spacings"], axis=0)
+    assert np.any(np.asarray(saved["preprocess"]["spacing"]) > median * 1.05)  # coarsened
+    before = (out / "config.json").read_text(encoding="utf-8")
+    result = invoke(*args, "--resume", "--data-grid")
+    assert_user_error(result, "--data-grid", "resumed run keeps its grid")
+    assert (out / "config.json").read_text(encoding="utf-8") == before

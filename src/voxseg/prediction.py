@@ -107,10 +107,10 @@ def shard_from_env() -> tuple[int, int]:
 def choose_engine(
     run: RunFolder, engine: Engine, device: str, precision: str = "auto"
 ) -> Literal["torch", "onnx"]:
-    """'auto' picks the faster engine as measured (benchmarks/RESULTS.md, default U-Net on a
-    512x512x300 CT, 2 cores): torch with bf16 autocast 9.7 s < ONNX Runtime fp32 13.6 s <
-    torch fp32 18.4 s. So: ONNX Runtime when the folder has only model.onnx, when torch is
-    absent, or on a CPU where torch would run fp32; torch on GPUs and bf16 CPUs."""
+    """'auto' picks the faster engine as measured (benchmarks/RESULTS.md, "Engines"): torch
+    with bf16 autocast, then ONNX Runtime fp32, then torch fp32. So: ONNX Runtime when the
+    folder has only model.onnx, when torch is absent, or on a CPU where torch would run fp32;
+    torch on GPUs and bf16 CPUs."""
     has_onnx, has_torch = run.onnx_model.is_file(), run.best_weights.is_file()
     if engine == "auto":
         engine = (

@@ -103,7 +103,7 @@ def train_step(
     for group in optimizer.param_groups:
         group["lr"] = lr
     x, y = to_device(batch.image, device), to_device(batch.label, device)
-    if device.type == "cpu":  # oneDNN's channels-last kernels train ~1.2-1.5x faster
+    if device.type == "cpu":  # oneDNN channels-last: see benchmarks/RESULTS.md, "Levers"
         x = x.contiguous(memory_format=torch.channels_last_3d)
     with autocast(device, amp):
         out = model(x)

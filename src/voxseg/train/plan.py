@@ -45,8 +45,9 @@ class DeviceBudget:
     voxels_per_second: float
     """Nominal training throughput of the class (patch voxels per second), used only to fit
     the grid to a time budget: a constant, so the plan does not follow a noisy reading. CPU:
-    the low end of a quiet 2-core reading (1.07-1.74 Mvoxel/s, benchmarks/RESULTS.md). GPU:
-    assumed, not yet measured; it keeps the data's own grid for any budget over a minute or so."""
+    the order of what a quiet 2-core AVX512-BF16 CPU trains the planned U-Net at
+    (benchmarks/RESULTS.md). GPU: assumed, not yet measured; it keeps the data's own grid for
+    any budget a user would give."""
 
 
 DEVICE_BUDGETS = {

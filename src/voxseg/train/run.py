@@ -207,6 +207,14 @@ def check_resume(o: TrainOptions, run: RunFolder, cases: Sequence[Case]) -> dict
                 f"{o.data}: not the dataset {run.root} was trained on "
                 f"({len(before ^ now)} cases differ); resume with the same --data"
             )
+        median = np.median(np.asarray(record["fingerprint"]["spacings"], dtype=float), axis=0)
+        spacing = saved.preprocess.spacing
+        if not o.budget_grid and spacing and not np.allclose(spacing, median, rtol=1e-3):
+            raise ConfigError(
+                f"--data-grid: a resumed run keeps its grid ({run.config_path} has "
+                f"{tuple(spacing)} mm, the data {tuple(round(float(m), 3) for m in median)}); "
+                "drop the option, or start afresh with --overwrite"
+            )
     return changes
 
 
