@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from voxseg.errors import ConfigError
 from voxseg.synth.tissue import BLUR_MM, CORTEX, MEDULLA
 
 
@@ -43,8 +44,6 @@ DEFAULT = DOMAINS["nephrographic"]
 
 
 def domain(name: str) -> Domain:
-    from voxseg.errors import ConfigError
-
     try:
         return DOMAINS[name]
     except KeyError:

@@ -39,8 +39,8 @@ GRAD_CLIP = 12.0
 MAX_BAD_STEPS = 20
 """Consecutive non-finite losses after which training is declared diverged."""
 VAL_SHARE = 0.08
-"""With a time budget, epochs last so that validation takes about this share of the time
-(the issue-22 limit is 10 % of any budget; validation time varies with the machine's load)."""
+"""With a time budget, epochs last so that validation takes about this share of the time:
+below the 10 % aimed at, as a validation's time varies with the machine's load."""
 MIN_EPOCH_STEPS = 10
 MAX_EPOCH_STEPS = 500
 MAX_EPOCH_SHARE = 0.15

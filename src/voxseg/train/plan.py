@@ -8,7 +8,8 @@ nothing is timed here, so a plan can be tested exactly and reproduced on another
 - Spacing: the median spacing, coarsened (finest axes first, at most MAX_COARSENING times)
   until the median case fits the device class's voxel budget and, with a time budget, until
   the training set can be seen MIN_PASSES times at the device class's nominal throughput (a
-  10-minute CPU run learns more on a coarser grid; a long or GPU run keeps the data's own).
+  10-minute CPU run gets twice the epochs and a small validation; a long or GPU run keeps
+  the data's own grid).
 - Patch: the median case at that spacing, shrunk evenly to the device class's patch size.
 - Schedule: with a time budget the clock ends training and the learning rate follows the
   elapsed time, so the throughput only sizes the first epoch; without one, the number of
@@ -61,7 +62,7 @@ DEVICE_BUDGETS = {
 MIN_PASSES = 20.0
 """With a time budget, the training set should fit this many times into the voxels the
 budget trains at the nominal throughput; otherwise the grid is coarsened (within
-MAX_COARSENING). See benchmarks/RESULTS.md for the budgets it was measured over."""
+MAX_COARSENING). Measured at 10 minutes only so far (benchmarks/RESULTS.md)."""
 TRAIN_SHARE = 0.85
 """Share of a timed run spent on optimizer steps (the rest: validation, start-up)."""
 BATCH = 2
