@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def _config(**train) -> RunConfig:
     )
 
 
-def _run(tmp: Path, config: RunConfig, cases, resume=False, should_stop=None):
+def _run(tmp: Path, config: RunConfig, cases, resume=False, should_stop=None, clock=None):
     torch.manual_seed(config.train.seed)
     model = build_model(config.model.name, **config.model.options)
     tmp.mkdir(exist_ok=True)
@@ -54,7 +55,7 @@ def _run(tmp: Path, config: RunConfig, cases, resume=False, should_stop=None):
         RunFolder(tmp),
         device=torch.device("cpu"),
         resume=resume,
-        hooks=TrainHooks(should_stop=should_stop),
+        hooks=TrainHooks(should_stop=should_stop, clock=clock or time.monotonic),
     )
     return model, state
 
@@ -175,9 +176,8 @@ class FakeClock:
         return self.now
 
 
-def _timed_run(tmp: Path, monkeypatch, budget_s: float, step_s: float, val_s: float, **train):
-    """A budgeted run on a fake clock: each optimizer step and each validation advance it by
-    a fixed amount, so the budget logic is checked exactly whatever the machine's speed."""
+def _fake_time(monkeypatch, step_s: float, val_s: float) -> FakeClock:
+    """A fake clock that each optimizer step and each validation advance by a fixed amount."""
     clock = FakeClock(step_s, val_s)
     real_step, real_validate = loop.train_step, loop.validate_sharded
 
@@ -191,20 +191,15 @@ def _timed_run(tmp: Path, monkeypatch, budget_s: float, step_s: float, val_s: fl
 
     monkeypatch.setattr(loop, "train_step", timed_step)
     monkeypatch.setattr(loop, "validate_sharded", timed_validate)
+    return clock
+
+
+def _timed_run(tmp: Path, monkeypatch, budget_s: float, step_s: float, val_s: float, **train):
+    """A budgeted run on a fake clock, so the budget logic is checked exactly whatever the
+    machine's speed."""
+    clock = _fake_time(monkeypatch, step_s, val_s)
     config = _config(max_minutes=budget_s / 60, patience=0, augment="off", **train)
-    torch.manual_seed(0)
-    model = build_model(config.model.name, **config.model.options)
-    tmp.mkdir(exist_ok=True)
-    cases = prepared_cases(3)
-    state = loop.train(
-        model,
-        config,
-        cases[:-1],
-        cases[-1:],
-        RunFolder(tmp),
-        device=torch.device("cpu"),
-        hooks=TrainHooks(clock=clock),
-    )
+    _, state = _run(tmp, config, prepared_cases(3), clock=clock)
     return config, state
 
 
@@ -249,29 +244,11 @@ def test_a_resumed_budget_counts_the_time_already_spent(tmp_path: Path, monkeypa
     budget_s = 30.0
     calls = iter(range(1000))
     config = _config(max_minutes=budget_s / 60, patience=0, augment="off", epochs=10_000)
-    clock = FakeClock(0.5, 1.0)
-    real_step = loop.train_step
-
-    def timed_step(*a, **k):
-        clock.now += clock.step_s
-        return real_step(*a, **k)
-
-    monkeypatch.setattr(loop, "train_step", timed_step)
+    clock = _fake_time(monkeypatch, 0.5, 0.0)  # validation takes no (fake) time here
     cases = prepared_cases(3)
 
     def go(resume, should_stop=None):
-        torch.manual_seed(0)
-        model = build_model(config.model.name, **config.model.options)
-        return loop.train(
-            model,
-            config,
-            cases[:-1],
-            cases[-1:],
-            RunFolder(tmp_path),
-            device=torch.device("cpu"),
-            resume=resume,
-            hooks=TrainHooks(clock=clock, should_stop=should_stop),
-        )
+        return _run(tmp_path, config, cases, resume, should_stop, clock)[1]
 
     first = go(False, should_stop=lambda late: late or next(calls) >= 10)
     assert first.stopped == "time budget" and first.elapsed == pytest.approx(5.0)
