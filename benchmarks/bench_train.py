@@ -196,7 +196,7 @@ def seed_inference(side: int, repeats: int, precision: str) -> dict:
     times = []
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
-        predict_probabilities(model, volume, patch_size=None, amp=amp)
+        predict_probabilities(model, volume, window=None, amp=amp)
         times.append(time.perf_counter() - t0)
     return stats(times[1:])
 

@@ -27,6 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "losses",
         "postprocess",
         "dicom_seg",  # a mask as a DICOM SEG that references its source series (data/io)
+        "sliding",  # the window around any network callable (torch or ONNX Runtime)
     ),
     ("prepared", "run_folder", "inference", "onnx_engine", "synth"),  # synth: tissue, checks,
     # shapes, texture, finish, tumour, torso, case, background, paint, dataset (each imports

@@ -19,12 +19,7 @@ from voxseg.export import export_onnx
 from voxseg.inference import predict_probabilities
 from voxseg.models import build_model
 from voxseg.models.shape import per_axis
-from voxseg.onnx_engine import (
-    importance_map,
-    load_onnx,
-    predict_probabilities_onnx,
-    window_starts,
-)
+from voxseg.onnx_engine import load_onnx, predict_probabilities_onnx
 from voxseg.prediction import load_predictor
 from voxseg.resample import resize
 from voxseg.run_folder import RunFolder
@@ -149,24 +144,6 @@ def test_probabilities_equal_inference(exported, key, case):
     expected = np.reshape(expected, (-1, *shape))  # (D, H, W) before multi-channel models
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-4
-
-
-@pytest.mark.parametrize("window", [(16, 16, 16), (8, 24, 40), (32, 8, 16)])
-def test_importance_map_is_monais(window):
-    from monai.data.utils import compute_importance_map
-
-    expected = compute_importance_map(window, mode="gaussian", sigma_scale=0.125).numpy()
-    np.testing.assert_allclose(importance_map(window), expected, rtol=1e-6, atol=0)
-
-
-def test_window_starts_are_monais():
-    from monai.data.utils import dense_patch_slices
-    from monai.inferers.utils import _get_scan_interval
-
-    for size, window, overlap in [(16, 16, 0.25), (17, 16, 0.25), (100, 32, 0.5), (40, 8, 0.9)]:
-        interval = _get_scan_interval((size,), (window,), 1, (overlap,))
-        expected = [s[0].start for s in dense_patch_slices((size,), (window,), interval)]
-        assert window_starts(size, window, overlap) == expected
 
 
 def test_window_must_be_a_multiple_of_the_divisor(exported):

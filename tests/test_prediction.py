@@ -175,3 +175,35 @@ def test_a_bad_case_mid_cohort_ends_cleanly(tmp_path: Path, runs):
     assert left == ["scan0.nii.gz", "scan1.nii.gz"]
     for name in left:
         assert read_image(out / name)[0].shape == read_image(data / name)[0].shape
+
+
+NO_MONAI = """
+import sys
+
+class NoMonai:
+    def find_spec(self, name, path=None, target=None):
+        if name == "monai" or name.startswith("monai."):
+            raise ImportError(f"monai is blocked in this test ({name})")
+
+sys.meta_path.insert(0, NoMonai())
+from voxseg.cli import main
+sys.argv = ["voxseg", "predict", "--model", sys.argv[1], "--input", sys.argv[2],
+            "--output", sys.argv[3], "--device", "cpu"]
+main()
+"""
+
+
+def test_predict_never_imports_monai(tmp_path: Path, runs):
+    """Importing MONAI costs ~2 s per `voxseg predict`; the window is voxseg.sliding's."""
+    import subprocess
+    import sys
+
+    image, _ = blob_case(SHAPE)
+    src = write_image(tmp_path / "scan.nii.gz", image, geometry_for(SHAPE, spacing=(3, 1, 1)))
+    out = tmp_path / "mask.nii.gz"
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_MONAI, str(runs["spacing"]), str(src), str(out)],
+        capture_output=True, text=True, encoding="utf-8", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert read_image(out)[0].shape == SHAPE
