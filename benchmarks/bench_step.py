@@ -248,9 +248,9 @@ def main() -> None:
 def data_seconds(config, repeats: int) -> float:
     """Median seconds for the sampler to draw one batch from CT-sized cases, augmentation on."""
     from voxseg.geometry import Geometry, Reorientation
-    from voxseg.prepared import PreparedCase, foreground_positions
     from voxseg.preprocess import PreprocessRecord
     from voxseg.synth import random_case
+    from voxseg.train.prepared import PreparedCase, foreground_positions
     from voxseg.train.sampler import SamplerConfig, epoch_batches
 
     tc = config.train

@@ -103,8 +103,8 @@ def run(tmp_path_factory) -> Path:
 def prepared_cases(n: int, shape=(16, 16, 16)):
     """`n` blob cases as training sees them (normalised, canonical, identity geometry)."""
     from voxseg.geometry import Reorientation
-    from voxseg.prepared import PreparedCase, foreground_positions
     from voxseg.preprocess import PreprocessRecord, normalise
+    from voxseg.train.prepared import PreparedCase, foreground_positions
 
     g = Geometry(shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), IDENTITY)
     rec = PreprocessRecord(g, Reorientation.to_canonical(g), tuple((0, s) for s in shape), shape)

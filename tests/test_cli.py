@@ -268,8 +268,8 @@ def test_info_prints_shape_and_spacing_in_the_order_train_takes(kits_tiny: Path)
     import json
 
     from voxseg.config import PreprocessConfig
-    from voxseg.prepared import prepare_case
     from voxseg.regions import NON_ZERO
+    from voxseg.train.prepared import prepare_case
 
     row = json.loads(invoke("info", kits_tiny, "--json").stdout)["rows"][0]
     # conftest's files: array (16, 20, 24) at (2.5, 1.2, 0.8) mm, direction I,P,L.
@@ -294,3 +294,84 @@ def test_info_on_a_real_kits19_header(tmp_path: Path):
     assert info.spacing[0] == pytest.approx(0.5) and info.spacing[1] == pytest.approx(
         0.9199, abs=1e-3
     )
+
+
+# ---- the CLI declares no ranges or choices of its own; help reads plainly --------------------
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--val-fraction", "1"), "--val-fraction 1.0: must be in [0, 1)"),
+        (("--lr", "0"), "--lr 0.0: must be > 0"),
+        (("--batch-size", "0"), "--batch-size 0: must be > 0"),
+        (("--optimizer", "sgdd"), "--optimizer 'sgdd': choose one of adam, adamw, sgd"),
+        (("--patience", "-1"), "--patience -1: must be >= 0"),
+    ],
+)
+def test_train_ranges_are_the_configs(tmp_path: Path, kits_tiny: Path, args, message):
+    result = invoke("train", "--data", kits_tiny, "--out", tmp_path / "run", *SEED_16, *args)
+    assert_user_error(result, message)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_train_options_each_set_a_field():
+    """Every option of `voxseg train` that is not a run control sets a config field."""
+    import dataclasses
+    import inspect
+
+    from voxseg.cli.train import train
+    from voxseg.config import TRAIN_OPTIONS, RunConfig
+
+    controls = {"data", "out", "preset", "resume", "overwrite", "device", "cache", "width"}
+    controls |= {"deep_supervision", "anisotropic", "budget_grid", "nproc", "region_spec"}
+    params = set(inspect.signature(train).parameters)
+    assert params - controls == set(TRAIN_OPTIONS)
+    for key in TRAIN_OPTIONS.values():  # each names a real field
+        section, _, name = key.partition(".")
+        assert name in {f.name for f in dataclasses.fields(getattr(RunConfig(), section))}, key
+
+
+def test_predict_overlap_range_is_the_configs(tmp_path: Path, run: Path, kits_tiny: Path):
+    scan = kits_tiny / "case_00000" / "imaging.nii.gz"
+    result = invoke("predict", "--model", run, "-i", scan, "-o", tmp_path / "m.nii.gz",
+                    "--overlap", "1.2")  # fmt: skip
+    assert_user_error(result, "--overlap 1.2: must be in [0, 1)")
+
+
+def test_predict_choices_are_predictions_types():
+    from typing import get_args
+
+    from voxseg.cli import predict as cli_predict
+    from voxseg.prediction import Engine, OutputFormat
+
+    assert "|".join(get_args(Engine)) == cli_predict._ENGINES
+    assert "|".join(get_args(OutputFormat)) == cli_predict._FORMATS
+    result = invoke("predict", "--model", "m", "-i", "x", "-o", "y", "--engine", "onnxx")
+    assert_user_error(result, "--engine 'onnxx': choose one of auto, torch, onnx")
+
+
+def test_version_and_plain_help():
+    from voxseg import __version__
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"voxseg {__version__}"
+    for command in ("", "synth", "info", "summary", "train", "predict", "export", "evaluate",
+                    "report", "demo", "cache"):  # fmt: skip
+        text = invoke(*command.split(), "--help").output
+        usage = next(line for line in text.splitlines() if "Usage:" in line)
+        assert "<bool>" not in text and "{" not in usage, (command, text)
+        assert "..." not in text.replace("[ARGS]...", ""), (command, text)
+
+
+def test_a_closed_pipe_ends_quietly(kits_tiny: Path):
+    """`voxseg info --json | head`: the reader leaves early; no error, no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voxseg", "info", "--json", str(kits_tiny)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    proc.stdout.close()  # before voxseg writes: its first write meets a closed pipe
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert stderr == "", stderr

@@ -33,7 +33,7 @@ BAD_FIELDS = [
     ("train", "val_fraction", 1.0),
     ("infer", "overlap", 1.5),
     ("infer", "window", [16, 16, -16]),
-    ("preprocess", "window", [300, -100]),
+    ("preprocess", "hu_window", [300, -100]),
     ("data", "foreground", [0]),
     ("train", "num_workers", 4),
 ]
@@ -65,6 +65,20 @@ def test_round_trip_and_version_1_upgrade(tmp_path: Path):
     del old["infer"]["window"]
     path.write_text(json.dumps(old), encoding="utf-8")
     assert RunConfig.load(path).infer.window == (16, 16, 16)  # v1 borrowed the training patch
+
+
+def test_version_3_hu_window_is_read(tmp_path: Path):
+    """Configs up to version 3 named the HU window `preprocess.window`."""
+    old = VALID.to_dict()
+    old["version"] = 3
+    old["preprocess"]["window"] = old["preprocess"].pop("hu_window")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old), encoding="utf-8")
+    assert RunConfig.load(path) == VALID
+    old["version"] = 4  # the current version has no such field
+    path.write_text(json.dumps(old), encoding="utf-8")
+    with pytest.raises(ConfigError, match='"preprocess.window"'):
+        RunConfig.load(path)
 
 
 def test_overrides_are_typed_and_checked_against_the_fields():

@@ -15,8 +15,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from voxseg._version import __version__
 from voxseg.data import discover
+from voxseg.data.dicom_seg import kits_segments, segment, series_files, write_dicom_seg
 from voxseg.data.io import read_image, write_image
-from voxseg.dicom_seg import kits_segments, segment, series_files, write_dicom_seg
 from voxseg.errors import InputError, OutputExistsError
 
 SLICES, ROWS, COLS = 12, 32, 32

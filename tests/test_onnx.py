@@ -313,7 +313,8 @@ def test_cli_predicts_a_folder_without_torch_and_equals_the_torch_engine(
         capture_output=True, text=True, encoding="utf-8", check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    result = invoke("predict", "--model", source, "-i", data, "-o", tmp_path / "torch")
+    result = invoke("predict", "--model", source, "-i", data, "-o", tmp_path / "torch",
+                    "--engine", "torch", "--precision", "fp32")  # fmt: skip
     assert result.exit_code == 0, result.output
     masks = sorted((tmp_path / "torch").iterdir())
     assert len(masks) == 3

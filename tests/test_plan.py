@@ -60,7 +60,7 @@ def test_plan_is_exact_and_ignores_a_noisy_throughput():
     # Scaled by (0.6e6 / (57*178*178)) ** (1/3) = 0.69 -> 39.5 x 123 x 123, to multiples of
     # the U-Net's divisor: (8, 16, 16), as 4.5 mm slices are not pooled at the first level.
     assert c.train.patch_size == (40, 128, 128) and c.infer.window == c.train.patch_size
-    assert c.preprocess.window == (-40.0, 300.0) and (c.preprocess.mean, c.preprocess.std) == (
+    assert c.preprocess.hu_window == (-40.0, 300.0) and (c.preprocess.mean, c.preprocess.std) == (
         150.0,
         60.0,
     )

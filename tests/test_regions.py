@@ -67,15 +67,15 @@ def test_bad_regions_are_refused_naming_the_option(text, needle):
     [("1,2", (1, 2)), ("2 1", (1, 2)), ("2, 2,1", (1, 2)), ("1.5", ()), ("0,1", ()), ("a", ())],
 )
 def test_foreground_and_regions_read_label_values_alike(text, expected):
-    from voxseg.cli import _parse_foreground
+    from voxseg.regions import parse_foreground
 
     assert parse_label_values(text) == expected
     if expected:
-        assert _parse_foreground(text) == expected
+        assert parse_foreground(text) == expected
         assert parse_regions(text) == (Region(label_words(expected), expected),)
     else:
         with pytest.raises(ConfigError, match="--foreground"):
-            _parse_foreground(text)
+            parse_foreground(text)
         with pytest.raises(ConfigError, match="--regions"):
             parse_regions(text)
 
@@ -114,12 +114,12 @@ def test_file_note_round_trips_and_names_binary_masks():
 
 def test_resampled_regions_stay_nested():
     from voxseg.config import PreprocessConfig
-    from voxseg.preprocess import plan_record, preprocess_label
+    from voxseg.preprocess import preprocess_label, record_for
 
     image, label = blob_case((16, 20, 24), seed=3)
     g = geometry_for(image.shape)
     cfg = PreprocessConfig(mode="shape", shape=(11, 13, 29), crop_body=False)
-    record = plan_record(g, None, cfg)
+    record = record_for(g, None, cfg)
     target = channels(preprocess_label(label, record, KITS), 2)
     assert target[1].sum() > 0 and not (target[1] > target[0]).any()
 
@@ -139,7 +139,7 @@ def test_dice_bce_scores_each_region_with_bce():
 def test_foreground_sampling_finds_the_small_region():
     """With two regions, half the foreground-centred patches centre on the small one (its
     own share of the voxels is a few %)."""
-    from voxseg.prepared import PreparedCase, foreground_positions
+    from voxseg.train.prepared import PreparedCase, foreground_positions
     from voxseg.train.sampler import SamplerConfig, epoch_batches
 
     label = np.zeros((24, 24, 24), np.uint8)

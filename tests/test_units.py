@@ -16,8 +16,8 @@ from voxseg.config import PreprocessConfig
 from voxseg.data import discover
 from voxseg.losses import build_loss, deep_supervision_loss
 from voxseg.postprocess import CANDIDATES, candidate_dice, choose_keep_largest, keep_largest
-from voxseg.prepared import cache_key, load_or_prepare
 from voxseg.regions import NON_ZERO, Region
+from voxseg.train.prepared import cache_key, load_or_prepare
 from voxseg.train.sampler import SamplerConfig, epoch_batches
 
 

@@ -19,12 +19,12 @@ from voxseg.config import DataConfig, ModelConfig, PreprocessConfig, RunConfig, 
 from voxseg.errors import InputError
 from voxseg.geometry import Geometry, Reorientation
 from voxseg.inference import predict_probabilities
-from voxseg.prepared import PreparedCase, foreground_positions
 from voxseg.preprocess import PreprocessRecord
 from voxseg.run_folder import RunFolder, TrainState
 from voxseg.runtime import autocast_dtype, resolve_device
 from voxseg.train.loop import train
 from voxseg.train.plan import seed_preset
+from voxseg.train.prepared import PreparedCase, foreground_positions
 
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -124,7 +124,7 @@ def fit(
     base = RunConfig(
         data=DataConfig(),
         preprocess=PreprocessConfig(
-            mode="shape", shape=shape, window=(-1e30, 1e30), mean=0.0, std=1.0, crop_body=False
+            mode="shape", shape=shape, hu_window=(-1e30, 1e30), mean=0.0, std=1.0, crop_body=False
         ),
     )
     if model == "seed":

@@ -70,9 +70,38 @@ def likely_cause(folder: Path) -> str | None:
     return None
 
 
+class AppearedMeanwhile(VoxsegError):
+    """An output that did not exist when the command checked was created by another process
+    before this one finished writing it (two commands writing one folder)."""
+
+
+def appeared_meanwhile(path: Path) -> AppearedMeanwhile:
+    return AppearedMeanwhile(
+        f"{path}: another process wrote it while this one was working (two commands writing "
+        "one output?); it was left as that process wrote it"
+    )
+
+
+def _place(tmp: Path, path: Path, exclusive: bool) -> None:
+    """Rename `tmp` to `path`; `exclusive`: never over a file that exists by then (a hard
+    link fails if the name is taken, so two writers cannot both think they wrote it)."""
+    if not exclusive:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise appeared_meanwhile(path) from None
+    except OSError:  # a file system without hard links: the check before must do
+        if path.exists():
+            raise appeared_meanwhile(path) from None
+        os.replace(tmp, path)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync it and rename it into place.
+def atomic_path(path: str | Path, suffix: str = "", exclusive: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success fsync it and rename it into place
+    (`exclusive`: only if nothing took the name meanwhile).
 
     An OSError while writing, syncing or renaming becomes a VoxsegError naming `path`.
     """
@@ -90,7 +119,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         try:
             yield tmp_path
             _settle(tmp_path)
-            os.replace(tmp_path, path)
+            _place(tmp_path, path, exclusive)
         except OSError as exc:
             raise os_write_error(path, exc) from exc
     finally:
@@ -98,7 +127,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_files(path: str | Path) -> Iterator[Path]:
+def atomic_files(path: str | Path, exclusive: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `path` in which to write `path.name` and the files it
     refers to (a header and its data file, e.g. `.mhd` + `.zraw`) under their final names, so
     the header names the final data file. On success they are fsynced and renamed into place,
@@ -117,7 +146,7 @@ def atomic_files(path: str | Path) -> Iterator[Path]:
             for part in written:
                 _settle(part)
             for part in written:
-                os.replace(part, path.parent / part.name)
+                _place(part, path.parent / part.name, exclusive)
         except OSError as exc:
             raise os_write_error(path, exc) from exc
     finally:

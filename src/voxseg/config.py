@@ -23,11 +23,12 @@ from voxseg.regions import Region, check_regions, label_words
 
 Triple = tuple[float, float, float]
 IntTriple = tuple[int, int, int]
-CONFIG_VERSION = 3
+CONFIG_VERSION = 4
 SEED_SHAPE: IntTriple = (128, 128, 128)
 """The original recipe's fixed input size, and the grid of whole-volume training by default."""
 
 Check = Callable[[Any], str | None]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 def _positive(value: Any) -> str | None:
@@ -99,7 +100,7 @@ class PreprocessConfig:
     """Fixed canonical array shape (mode 'shape'), e.g. the seed's 128^3."""
     spacing: Triple | None = _checked(None, _positive)
     """Target voxel size in mm, canonical order (S, P, L) (mode 'spacing')."""
-    window: tuple[float, float] = _checked((-79.0, 304.0), _ordered)
+    hu_window: tuple[float, float] = _checked((-79.0, 304.0), _ordered)
     """HU values outside this window are clipped (kidney/tumour window of nnU-Net's KiTS plan)."""
     mean: float = 101.0
     """Subtracted after clipping (foreground mean in the planned recipe)."""
@@ -111,7 +112,7 @@ class PreprocessConfig:
     @property
     def pad_value(self) -> float:
         """Normalised value of the lowest HU in the window: what air looks like to the network."""
-        return (self.window[0] - self.mean) / self.std
+        return (self.hu_window[0] - self.mean) / self.std
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ class TrainConfig:
     max_minutes: float | None = _checked(None, _positive)
     """Wall-clock budget; training ends at a step boundary with the best model saved."""
     seed: int = 0
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     """Autocast dtype; 'auto' picks bf16 on CPUs/GPUs that run it fast, else fp32."""
 
 
@@ -293,18 +294,22 @@ class RunConfig:
             raise ConfigError(
                 f"{path}: cannot read configuration ({exc}); retrain or restore it"
             ) from exc
-        if not isinstance(d, dict) or d.get("version") not in (1, 2, CONFIG_VERSION):
+        if not isinstance(d, dict) or d.get("version") not in (1, 2, 3, CONFIG_VERSION):
             raise ConfigError(f"{path}: not a voxseg v{CONFIG_VERSION} configuration")
         return cls.from_dict(_upgrade(d), source=str(path))
 
 
 def _upgrade(d: dict) -> dict:
     """Version 1 borrowed the sliding window from the training patch and had num_workers;
-    versions 1-2 had one keep_largest for the one output."""
+    versions 1-2 had one keep_largest for the one output; versions 1-3 called the HU window
+    `preprocess.window` (the sliding window is `infer.window`)."""
     if d.get("version") == CONFIG_VERSION:
         return d
     d = json.loads(json.dumps(d))
     train, infer = d.get("train", {}), d.setdefault("infer", {})
+    pre = d.get("preprocess", {})
+    if isinstance(pre, dict) and "window" in pre:
+        pre["hu_window"] = pre.pop("window")
     if isinstance(infer, dict) and isinstance(infer.get("keep_largest"), int):
         infer["keep_largest"] = [infer["keep_largest"]]
     if d.get("version") == 1 and isinstance(train, dict):
@@ -315,6 +320,37 @@ def _upgrade(d: dict) -> dict:
             infer.setdefault("window", train.get("patch_size"))
     d["version"] = CONFIG_VERSION
     return d
+
+
+TRAIN_OPTIONS: dict[str, str] = {
+    "model": "model.name",
+    "foreground": "data.foreground",
+    "shape": "preprocess.shape",
+    "spacing": "preprocess.spacing",
+    **{
+        name: f"train.{name}"
+        for name in (
+            *("epochs", "batch_size", "lr", "weight_decay", "loss", "batch_dice", "optimizer"),
+            *("val_fraction", "val_cases", "patience", "max_minutes", "steps_per_epoch", "seed"),
+            *("precision", "augment"),
+        )
+    },
+}
+"""`voxseg train` options (Python names) and the field each sets. The CLI declares no range
+or choice of its own: `RunConfig.override` checks every value against its field."""
+
+
+def train_overrides(given: dict[str, Any], regions: tuple[Region, ...] | None) -> dict[str, Any]:
+    """{field: value} for the `voxseg train` options the user gave (None: not given); the
+    one `--regions` option sets the regions' labels and names."""
+    unknown = set(given) - set(TRAIN_OPTIONS)
+    if unknown:
+        raise KeyError(f"not train options: {sorted(unknown)}")
+    changes = {TRAIN_OPTIONS[k]: v for k, v in given.items() if v is not None}
+    if regions:
+        changes["data.regions"] = tuple(r.labels for r in regions)
+        changes["data.region_names"] = tuple(r.name for r in regions)
+    return changes
 
 
 _OFF_FLAGS = {("train", "batch_dice"): "--sample-dice"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -83,6 +84,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # `voxseg info --json | head`: the reader left, as for `cat`
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141) from None
         except OSError as exc:
             if debug["on"]:
                 raise
@@ -105,7 +111,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 class ProgressUI:
     """One Rich bar per kind of task, fed by any `on_progress(Step)` of the package."""
 
-    def __init__(self, enabled: bool = True, transient: bool = False) -> None:
+    def __init__(
+        self, enabled: bool = True, transient: bool = False, plain: bool | None = None
+    ) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -115,6 +123,10 @@ class ProgressUI:
         )
 
         self.enabled = enabled
+        self.plain = (not err_console.is_terminal) if plain is None else plain
+        """Not on a terminal (nohup, a cluster job's log): one plain line per finished task
+        (each epoch) instead of bars that only a terminal redraws."""
+        self.started = time.monotonic()
         self.bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -122,7 +134,7 @@ class ProgressUI:
             TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(),
             console=err_console,
-            disable=not enabled,
+            disable=not enabled or self.plain,
             transient=transient,
         )
         self.tasks: dict[str, Any] = {}
@@ -136,9 +148,16 @@ class ProgressUI:
 
     def log(self, message: str) -> None:
         if self.enabled:
-            self.bar.console.print(message, highlight=False)
+            self.bar.console.print(message, highlight=False, markup=False)
 
     def on_progress(self, step) -> None:
+        if self.plain:
+            if self.enabled and step.total and step.done == step.total:
+                minutes, seconds = divmod(int(time.monotonic() - self.started), 60)
+                detail = f"  {step.detail}" if step.detail else ""
+                elapsed = f"elapsed {minutes}:{seconds:02d}"
+                self.log(f"{step.task}: {step.done}/{step.total}{detail}  {elapsed}")
+            return
         key = step.task.split()[0]  # "epoch 3" and "epoch 4" share one bar
         if key not in self.tasks:
             self.tasks[key] = self.bar.add_task(step.task, total=step.total, detail="")

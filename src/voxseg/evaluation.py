@@ -21,8 +21,15 @@ import numpy as np
 
 from voxseg.atomic import write_text
 from voxseg.data.checks import binary_target
-from voxseg.data.discovery import discover, require_labelled
-from voxseg.data.io import check_output, image_stem, is_image_file, read_image, read_note
+from voxseg.data.discovery import discover, folder_case_id, require_labelled
+from voxseg.data.io import (
+    check_output,
+    image_stem,
+    is_image_file,
+    read_image,
+    read_note,
+    refuse_replacing_inputs,
+)
 from voxseg.errors import InputError
 from voxseg.geometry import Geometry
 from voxseg.metrics import (
@@ -165,12 +172,20 @@ def check_results(out: str | Path, overwrite: bool) -> None:
         check_output(path, overwrite)
 
 
+def read_files(pairs: Sequence[CasePair]) -> list[Path]:
+    """Every file scoring `pairs` read: masks, CTs, and a dataset.json beside their folders."""
+    files = [p for pair in pairs for p in (pair.pred, pair.gt, pair.image) if p is not None]
+    folders = {f.parent for f in files} | {f.parent.parent for f in files}
+    return files + [d / "dataset.json" for d in folders if (d / "dataset.json").is_file()]
+
+
 def write_results(
     result: EvaluationResult | RegionsResult, out: str | Path, overwrite: bool = False
 ) -> tuple[Path, Path]:
     """`out` as JSON and the per-case table beside it as CSV (same stem, a `region` column
-    when scored per region); both atomic."""
+    when scored per region); both atomic. Never over a file the scores were read from."""
     check_results(out, overwrite)
+    refuse_replacing_inputs(result_paths(out), read_files(result.pairs))
     out, csv_path = result_paths(out)
     # allow_nan=False: a stray inf/NaN fails here instead of writing invalid JSON.
     write_text(out, json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
@@ -194,10 +209,9 @@ def _pred_files(pred: Path) -> dict[str, Path]:
     if not pred.is_dir():
         raise InputError(f"{pred}: no such mask file or folder; check the prediction path")
     files: dict[str, Path] = {}
-    for p in sorted(pred.iterdir()):
-        if not is_image_file(p):
-            continue
-        case_id = image_stem(p)
+    masks = [p for p in sorted(pred.iterdir()) if is_image_file(p)]
+    for p in masks:
+        case_id = folder_case_id(p, masks)  # nnU-Net's `case_0000` names: case
         if case_id in files:
             raise InputError(
                 f"{pred}: two predictions for case {case_id} ({files[case_id].name}, {p.name}); "
@@ -236,9 +250,12 @@ def pair_cases(pred: Path, gt: Path) -> tuple[list[CasePair], list[str]]:
     missing = sorted(set(gts) - set(preds))
     if missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        found = ", ".join(f"{k}" for k in list(preds)[:3]) + (", ..." if len(preds) > 3 else "")
         raise InputError(
             f"{pred}: no prediction for {len(missing)} of {len(gts)} ground-truth cases "
-            f"({shown}); predict them or give a ground truth holding only the predicted cases"
+            f"(looked for {missing[0]}.nii.gz or another image suffix; missing: {shown}; found "
+            f"cases: {found}); predict them or give a ground truth holding only the "
+            "predicted cases"
         )
     extra = sorted(set(preds) - set(gts))
     if extra:

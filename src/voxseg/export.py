@@ -29,12 +29,19 @@ from torch import nn
 
 from voxseg.atomic import atomic_path, short_write, write_error
 from voxseg.data.io import check_output
-from voxseg.errors import VoxsegError
+from voxseg.errors import OutputExistsError, VoxsegError
 from voxseg.models import SeedCNN, build_model
 from voxseg.models.seed_cnn import seed_kernels
 from voxseg.models.shape import per_axis
-from voxseg.onnx_engine import DIVISOR_KEY, INPUT_NAME, OUTPUT_NAME, WEIGHTS_KEY
-from voxseg.run_folder import RunFolder
+from voxseg.onnx_engine import (
+    DIVISOR_KEY,
+    INPUT_NAME,
+    MODEL_KEY,
+    OUTPUT_NAME,
+    WEIGHTS_KEY,
+    model_key,
+)
+from voxseg.run_folder import RunFolder, writing
 
 OPSET = 17
 """Every operator used (3D Conv, ConvTranspose, MaxPool, ReduceMean, Resize) has its current
@@ -147,13 +154,16 @@ def _to_onnx(model: nn.Module, shape: tuple[int, int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def _with_metadata(graph: bytes, divisor: tuple[int, int, int], weights: str | None) -> bytes:
-    """The divisor (ONNX Runtime needs it without torch) and the weights' hash (a later
-    prediction refuses a model.onnx older than the run's weights)."""
+def _with_metadata(
+    graph: bytes, divisor: tuple[int, int, int], weights: str | None, model: dict
+) -> bytes:
+    """The divisor (ONNX Runtime needs it without torch), the weights' hash (a later
+    prediction refuses a model.onnx older than the run's weights) and the network's
+    config.json entry (a model.onnx beside another run's config is refused)."""
     import onnx
 
     proto = onnx.load_from_string(graph)
-    props = {DIVISOR_KEY: json.dumps(list(divisor))}
+    props = {DIVISOR_KEY: json.dumps(list(divisor)), MODEL_KEY: model_key(model)}
     if weights:
         props[WEIGHTS_KEY] = weights
     onnx.helper.set_model_props(proto, props)
@@ -188,16 +198,34 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool = F
     with deep supervision) and float32. An existing model.onnx is kept unless `overwrite`.
     """
     run, out = RunFolder(Path(run_dir)), RunFolder(Path(out_dir))
-    check_output(out.onnx_model, overwrite)
     config = run.load_config()
+    with writing(out, "export"):
+        return _export(run, out, config, overwrite)
+
+
+def _export(run: RunFolder, out: RunFolder, config, overwrite: bool) -> Path:
+    separate = out.root.resolve() != run.root.resolve()
+    if separate and out.best_weights.exists():
+        raise OutputExistsError(
+            f"{out.root}: holds another trained run ({out.best_weights.name}); its config.json "
+            "must stay with its weights: export into a folder of its own"
+        )
+    check_output(out.onnx_model, overwrite)
+    if (
+        separate
+        and out.config_path.exists()
+        and out.config_path.read_bytes() != (run.config_path.read_bytes())
+    ):  # another run's settings: never replaced without --overwrite
+        check_output(out.config_path, overwrite)
     model = build_model(config.model.name, **config.model.options)
     run.load_best_weights(model)
     model.eval()
     divisor = per_axis(model.divisor)
     graph = _to_onnx(model, tuple(2 * d for d in divisor))
     _verify(model, graph, tuple(3 * d for d in divisor), run.root)
-    data = _with_metadata(graph, divisor, run.best_weights_hash())
-    if out.root.resolve() != run.root.resolve():
+    model_entry = {"name": config.model.name, "options": config.model.options}
+    data = _with_metadata(graph, divisor, run.best_weights_hash(), model_entry)
+    if separate:
         out.save_config(config)  # first: a model.onnx never stands without its config
     with atomic_path(out.onnx_model) as tmp:
         tmp.write_bytes(data)

@@ -55,6 +55,12 @@ class Geometry:
         m[:3, 3] = self.origin
         return m
 
+    def canonical_grid(self) -> tuple[Shape3, Vec3]:
+        """Shape and spacing in the canonical (S, P, L) axis order training and `voxseg info`
+        use, whatever the file's own axis order."""
+        to_canonical = Reorientation.to_canonical(self)
+        return to_canonical.permute(self.shape), to_canonical.permute(self.spacing)
+
     def same_grid(self, other: Geometry, atol: float = 1e-4) -> bool:
         """True when both describe the same voxel grid (shape exact, the rest within `atol`)."""
         return self.grid_difference(other, atol) is None

@@ -28,6 +28,13 @@ DIVISOR_KEY = "voxseg.divisor"
 """ONNX metadata: JSON [d, h, w] that spatial sizes must be multiples of."""
 WEIGHTS_KEY = "voxseg.weights_sha256"
 """SHA-256 of the model.safetensors the graph was exported from."""
+MODEL_KEY = "voxseg.model"
+"""The network's entry of the config.json it was exported with (name and options)."""
+
+
+def model_key(model: dict) -> str:
+    """The canonical text of a config's model entry ({"name": ..., "options": ...})."""
+    return json.dumps(model, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,8 @@ class OnnxModel:
     output_name: str
     weights_sha256: str | None = None
     """Of the weights it was exported from (None: not recorded)."""
+    model: str | None = None
+    """`model_key` of the network it was exported from (None: not recorded)."""
 
 
 def load_onnx(path: str | Path) -> OnnxModel:
@@ -58,9 +67,19 @@ def load_onnx(path: str | Path) -> OnnxModel:
         raise InputError(
             f"{path}: no {DIVISOR_KEY} in its metadata; export it with `voxseg export`"
         )
-    divisor = tuple(int(d) for d in json.loads(meta[DIVISOR_KEY]))
+    try:
+        divisor = tuple(int(d) for d in json.loads(meta[DIVISOR_KEY]))
+    except (ValueError, TypeError, RecursionError):
+        divisor = ()
+    if len(divisor) != 3 or min(divisor) < 1:
+        raise InputError(
+            f"{path}: its {DIVISOR_KEY} metadata {meta[DIVISOR_KEY][:40]!r} is not three "
+            "positive sizes; export it again with `voxseg export`"
+        )
     names = session.get_inputs()[0].name, session.get_outputs()[0].name
-    return OnnxModel(session, divisor, *names, weights_sha256=meta.get(WEIGHTS_KEY))
+    return OnnxModel(
+        session, divisor, *names, weights_sha256=meta.get(WEIGHTS_KEY), model=meta.get(MODEL_KEY)
+    )
 
 
 def predict_probabilities_onnx(

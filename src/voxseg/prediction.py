@@ -17,8 +17,8 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from voxseg.atomic import remove_stale_parts
-from voxseg.config import InferConfig, RunConfig
+from voxseg.atomic import appeared_meanwhile, remove_stale_parts
+from voxseg.config import InferConfig, Precision, RunConfig
 from voxseg.data.discovery import Case, discover
 from voxseg.data.guards import check_memory
 from voxseg.data.io import (
@@ -27,6 +27,7 @@ from voxseg.data.io import (
     image_stem,
     read_image,
     read_info,
+    refuse_replacing_inputs,
     write_image,
     write_mask,
 )
@@ -36,7 +37,7 @@ from voxseg.postprocess import keep_largest
 from voxseg.preprocess import PreprocessRecord, preprocess_image, restore, restore_probabilities
 from voxseg.progress import ProgressFn, Step, ignore
 from voxseg.regions import BINARY_NOTE, file_note, label_map
-from voxseg.run_folder import RunFolder
+from voxseg.run_folder import RunFolder, writer_of
 
 Engine = Literal["auto", "torch", "onnx"]
 OutputFormat = Literal["nifti", "dicom-seg"]
@@ -52,6 +53,8 @@ class Predictor:
     amp: Any = None
     """Autocast dtype of the torch engine (None: fp32)."""
     engine: Literal["torch", "onnx"] = "torch"
+    notes: tuple[str, ...] = ()
+    """What the user should know about the model (a run still training)."""
 
     def probabilities(self, net_input: np.ndarray, infer: InferConfig) -> np.ndarray:
         """(C, D, H, W) probabilities on the network grid, from whichever engine holds the
@@ -152,19 +155,32 @@ def load_predictor(
     pickle), or its exported model.onnx under ONNX Runtime (no torch)."""
     if engine not in get_args(Engine):  # the API takes any string; the CLI checks its choices
         raise ConfigError(f"engine {engine!r}: choose one of {', '.join(get_args(Engine))}")
+    if precision is not None and precision not in get_args(Precision):
+        raise ConfigError(
+            f"precision {precision!r}: choose one of {', '.join(get_args(Precision))}"
+        )
     run = RunFolder(Path(run_dir))
+    notes = _in_progress(run)
     config = run.load_config()
     if choose_engine(run, engine, device, precision or config.train.precision) == "onnx":
         from voxseg.onnx_engine import load_onnx
 
         model = load_onnx(run.onnx_model)
+        from voxseg.onnx_engine import model_key
+
+        entry = {"name": config.model.name, "options": config.model.options}
+        if model.model is not None and model.model != model_key(entry):
+            raise ConfigError(
+                f"{run.onnx_model}: exported from another network ({model.model}) than "
+                f"{run.config_path.name} describes; export this run again with --overwrite"
+            )
         current = run.best_weights_hash() if run.best_weights.is_file() else None
         if current and model.weights_sha256 and current != model.weights_sha256:
             raise ConfigError(
                 f"{run.onnx_model}: exported from older weights than {run.best_weights.name} "
                 f"(training went on); run `voxseg export {run.root} --overwrite`"
             )
-        return Predictor(model, config, engine="onnx")
+        return Predictor(model, config, engine="onnx", notes=notes)
     from voxseg.models import build_model
     from voxseg.runtime import autocast_dtype, resolve_device
 
@@ -173,7 +189,22 @@ def load_predictor(
     dev = resolve_device(device)
     model.to(dev).eval()
     amp = autocast_dtype(precision or config.train.precision, dev)
-    return Predictor(model, config, dev, amp)
+    return Predictor(model, config, dev, amp, notes=notes)
+
+
+def _in_progress(run: RunFolder) -> tuple[str, ...]:
+    """A run another command is still writing: refuse before its first model, else say that
+    these are the best weights so far."""
+    writer = writer_of(run)
+    if writer is None:
+        return ()
+    if not run.best_weights.is_file():
+        raise InputError(
+            f"{run.root}: {writer} is still writing this run and there is no model yet; "
+            "wait for its first epoch to end"
+        )
+    return (f"{run.root}: {writer} is still writing this run; predicting with its best "
+            "weights so far",)  # fmt: skip
 
 
 def infer_settings(
@@ -207,15 +238,15 @@ def finish(
             f"keep_largest {infer.keep_largest} does not match the model's {len(prob)} outputs; "
             "give one value or one per region"
         )
-    masks = []
-    for channel, n in zip(prob, keep, strict=True):
-        if n:
-            channel[...] = np.where(keep_largest(channel >= infer.threshold, n), channel, 0.0)
-        masks.append(restore(channel, record, infer.threshold))
+    kept = [  # new arrays: the caller's probabilities stay as they were
+        np.where(keep_largest(channel >= infer.threshold, n), channel, 0.0) if n else channel
+        for channel, n in zip(prob, keep, strict=True)
+    ]
+    masks = [restore(channel, record, infer.threshold) for channel in kept]
     mask = label_map(np.stack(masks), regions) if config.data.regions else masks[0]
     probs = None
     if with_probabilities:
-        probs = np.stack([restore_probabilities(channel, record) for channel in prob])
+        probs = np.stack([restore_probabilities(channel, record) for channel in kept])
         probs = probs if config.data.regions else probs[0]
     return mask, probs
 
@@ -275,18 +306,6 @@ def probability_paths(mask_path: Path, config: RunConfig) -> list[Path]:
     return [probability_path(mask_path, r.name) for r in config.data.targets()]
 
 
-def _refuse_writing_over_inputs(cases: list[Case], outputs: list[Path]) -> None:
-    """Inputs are never replaced, --overwrite or not (an output folder may be the input one)."""
-    inputs = {p.resolve() for c in cases for p in (c.image, c.label) if p is not None}
-    for out in outputs:
-        target = out.resolve()
-        hit = target if target in inputs else next((d for d in target.parents if d in inputs), None)
-        if hit is not None:
-            raise InputError(
-                f"{out}: would replace the input {hit}; give an --output outside the inputs"
-            )
-
-
 def _is_complete(path: Path, geometry: Geometry) -> bool:
     """An existing output that reads back on the right grid counts as done."""
     try:
@@ -301,6 +320,9 @@ class _Job:
     case: Case
     path: Path | None
     index: int
+    replace: bool = False
+    """Its output may be replaced: --overwrite, or an unfinished file was there when the run
+    began. Otherwise a file another process wrote meanwhile is kept, and this run stops."""
 
 
 @dataclass(frozen=True)
@@ -322,26 +344,32 @@ def _finish_and_write(
     predictor: Predictor, loaded: _Loaded, prob: np.ndarray, infer: InferConfig, probabilities
 ) -> Prediction:
     config, path, geometry = predictor.config, loaded.job.path, loaded.geometry
+    replace = loaded.job.replace
+    if path is not None and not replace:  # free when the run began: taken since?
+        taken = [p for p in [path, *probability_paths(path, config)] if p.exists()]
+        if taken:
+            raise appeared_meanwhile(taken[0])
     mask, probs = finish(config, prob, loaded.record, infer, probabilities)
     if path is not None and path.suffix.lower() == ".dcm":
-        from voxseg.dicom_seg import segment, series_files, write_dicom_seg
+        from voxseg.data.dicom_seg import segment, series_files, write_dicom_seg
 
         targets = config.data.targets()
         segments = [segment(r.name, r.labels or (1,)) for r in targets]
         if not config.data.regions:
             segments = [segment(targets[0].name, (1,))]
         files = series_files(loaded.job.case.image)
-        write_dicom_seg(mask, files, path, segments, geometry=geometry, overwrite=True)
+        write_dicom_seg(mask, files, path, segments, geometry=geometry, overwrite=replace)
     elif path is not None:
         remove_stale_parts(path.parent, path.name)  # this case's leftovers from a crash
         if config.data.regions:
-            write_image(path, mask, geometry, overwrite=True, note=file_note(config.data.targets()))
+            note = file_note(config.data.targets())
+            write_image(path, mask, geometry, overwrite=replace, note=note)
         else:
-            write_mask(path, mask, geometry, overwrite=True, note=BINARY_NOTE)
+            write_mask(path, mask, geometry, overwrite=replace, note=BINARY_NOTE)
         if probs is not None:
             channels = probs if config.data.regions else probs[None]
             for q, channel in zip(probability_paths(path, config), channels, strict=True):
-                write_image(q, channel, geometry, overwrite=True)
+                write_image(q, channel, geometry, overwrite=replace)
     return Prediction(loaded.job.case.case_id, mask, geometry, probs, path)
 
 
@@ -375,7 +403,13 @@ def iter_predictions(
     infer = infer or config.infer
     dataset = discover(input_path)
     cases = list(dataset.cases)
-    single = dataset.layout == "file"
+    # One scan (a file, a DICOM series, a KiTS case folder) into a file name: one file.
+    single = dataset.layout == "file" or (
+        len(cases) == 1
+        and output is not None
+        and not output.is_dir()
+        and output.name.lower().endswith((*IMAGE_SUFFIXES, ".dcm"))
+    )
     if output_format == "dicom-seg" and probabilities:
         raise ConfigError("--probabilities writes NIfTI; leave out --output-format dicom-seg")
     paths = (
@@ -385,7 +419,7 @@ def iter_predictions(
     )
     if output is not None:
         extra = [q for p in paths for q in probability_paths(p, config)] if probabilities else []
-        _refuse_writing_over_inputs(cases, [*paths, *extra])
+        refuse_replacing_inputs([*paths, *extra], [p for c in cases for p in (c.image, c.label)])
         if single:
             for path in [paths[0], *extra]:
                 check_output(path, overwrite)
@@ -402,7 +436,9 @@ def iter_predictions(
             on_progress(Step("predicting", i, len(mine), f"{case.case_id} exists, kept"))
             yield Prediction(case.case_id, None, geometry, path=path, skipped=True)
         else:
-            jobs.append(_Job(case, path, i))
+            outputs = [path, *(probability_paths(path, config) if probabilities else [])]
+            replace = overwrite or (path is not None and any(p.exists() for p in outputs))
+            jobs.append(_Job(case, path, i, replace))
     if not background:
         for job in jobs:
             loaded = _load(predictor, job)
@@ -467,13 +503,15 @@ def predict(
     probabilities: bool = False,
     overwrite: bool = False,
     engine: Engine = "auto",
+    precision: str | None = None,
 ) -> list[Prediction]:
     """Python API: predict masks for every scan under `input` with the run in `model`.
 
     Returns each predicted case's mask and its source geometry (cases whose output already
-    existed are left out); writes files when `output` is given.
+    existed are left out); writes files when `output` is given. `precision` (auto, fp32,
+    bf16, fp16) overrides the run's own for the torch engine.
     """
-    predictor = load_predictor(model, device, engine=engine)
+    predictor = load_predictor(model, device, precision, engine=engine)
     infer = infer_settings(predictor.config, tta=tta, overlap=overlap, keep_largest=keep_largest)
     results = iter_predictions(
         predictor,

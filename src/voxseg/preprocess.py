@@ -104,12 +104,12 @@ def target_shape(extent: Shape3, spacing: Vec3, target: Vec3) -> Shape3:
     )
 
 
-def plan_record(
+def record_for(
     source: Geometry, canonical: np.ndarray | None, cfg: PreprocessConfig
 ) -> PreprocessRecord:
     """Decide crop and resampled shape for one case (`canonical` is the reoriented image)."""
     reorientation = Reorientation.to_canonical(source)
-    cshape, cspacing = reorientation.permute(source.shape), reorientation.permute(source.spacing)
+    cshape, cspacing = source.canonical_grid()
     if cfg.crop_body and canonical is not None:
         crop = body_box(canonical, cspacing)
     else:
@@ -136,10 +136,10 @@ def preprocess_image(
     """File-layout HU array -> normalised canonical float32 network input + record."""
     reorientation = Reorientation.to_canonical(source)
     canonical = reorientation.apply(image)
-    record = plan_record(source, canonical, cfg)
+    record = record_for(source, canonical, cfg)
     cropped = _crop(canonical, record.crop)
     resampled = resize(cropped, record.shape, antialias=True)
-    return normalise(resampled, cfg.window, cfg.mean, cfg.std), record
+    return normalise(resampled, cfg.hu_window, cfg.mean, cfg.std), record
 
 
 def preprocess_label(

@@ -65,6 +65,19 @@ def parse_regions(text: str) -> tuple[Region, ...]:
     return check_regions(tuple(regions), option)
 
 
+def parse_foreground(text: str | None) -> tuple[int, ...] | None:
+    """`--foreground`: '2' or '1,2' -> label values; None (every non-zero label) for no value,
+    'all' or 'nonzero'."""
+    if text is None or text.strip().lower() in ("", "all", "nonzero"):
+        return None
+    values = parse_label_values(text)
+    if not values:
+        raise ConfigError(
+            f"--foreground {text!r}: give positive label values like '2' or '1,2' (0 is background)"
+        )
+    return values
+
+
 def parse_label_values(text: str) -> tuple[int, ...]:
     """'1,2', '1 2' or '2, 1' -> (1, 2); () when any part is not a positive integer, so the
     caller names its own option in the error (--foreground and --regions share this)."""

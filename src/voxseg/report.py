@@ -39,7 +39,7 @@ def _case_overlay(
         ct, _ = read_image(files.image)
         image = ct if ct.shape == gt.shape else None  # a mismatched CT is shown as grey
     to_canonical = Reorientation.to_canonical(geometry)
-    spacing = to_canonical.permute(geometry.spacing)
+    _, spacing = geometry.canonical_grid()
     gt_masks = np.stack([to_canonical.apply(r.mask(gt)) for r in regions])
     if label_map:
         pred_masks = np.stack([to_canonical.apply(r.mask(pred)) for r in regions])
@@ -124,7 +124,7 @@ def _run_facts(config: RunConfig, state: TrainState | None) -> list[tuple[str, s
     facts = [
         ("model", f"{config.model.name} {config.model.options or ''}".strip()),
         ("target", target),
-        ("preprocessing", f"{grid}, HU window {p.window}"),
+        ("preprocessing", f"{grid}, HU window {p.hu_window}"),
         ("loss", t.loss if t.loss == "bce" else f"{t.loss}, Dice per {dice_over}"),
         ("batch size", str(t.batch_size)),
         ("patch", str(t.patch_size) if t.patch_size else "whole volume"),
@@ -304,7 +304,7 @@ def write_report(
     Give a run folder, predictions with their ground truth, or both. Without `foreground`
     and `regions`, predictions are scored on the run's own target. Written atomically.
     """
-    from voxseg.data.io import check_output
+    from voxseg.data.io import check_output, refuse_replacing_inputs
 
     out = Path(out)
     if run_dir is None and (pred_dir is None or gt is None):
@@ -333,8 +333,9 @@ def write_report(
         except ConfigError as exc:  # shown in the report; fatal only if scoring needs it
             config = exc
         parts += _run_section(run, config)
+    read = run.files() if run is not None else []
     if pred_dir is not None and gt is not None:
-        from voxseg.evaluation import evaluate, evaluate_regions
+        from voxseg.evaluation import evaluate, evaluate_regions, read_files
 
         if foreground is None and regions is None and run is not None and run.config_path.is_file():
             if isinstance(config, ConfigError):
@@ -342,16 +343,19 @@ def write_report(
             data = config.data  # score what the run learned
             foreground, regions = data.foreground, data.targets() if data.regions else None
         if regions:
-            parts += _regions_section(evaluate_regions(pred_dir, gt, regions), max_cases)
+            result = evaluate_regions(pred_dir, gt, regions)
+            parts += _regions_section(result, max_cases)
         else:
             result = evaluate(pred_dir, gt, foreground=foreground)
             parts += _evaluation_section(result, foreground, max_cases)
+        read += read_files(result.pairs)
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>voxseg report</title><style>{_CSS}</style></head>\n"
         "<body><main>\n" + "\n".join(parts) + "\n</main></body></html>\n"
     )
+    refuse_replacing_inputs([out], read)
     # ASCII with character references: the file reads the same whatever the locale's encoding.
     write_text(out, page.encode("ascii", "xmlcharrefreplace").decode("ascii"))
     return out

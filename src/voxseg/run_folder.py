@@ -9,23 +9,26 @@
     metrics.csv          one EpochRecord per line
     curves.png           loss and validation Dice per epoch
     model.onnx           the best weights exported for ONNX Runtime (`voxseg.export`)
+    .voxseg.lock         held (an OS lock, released by a crash too) while a command writes
 
 Everyone else asks a `RunFolder` for paths and objects instead of spelling names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voxseg.atomic import write_text
 from voxseg.config import RunConfig
-from voxseg.errors import ConfigError, InputError
+from voxseg.errors import ConfigError, InputError, OutputExistsError
 
 if TYPE_CHECKING:
     import torch
@@ -49,6 +52,7 @@ _METRICS = "metrics.csv"
 _CURVES = "curves.png"
 _ONNX = "model.onnx"
 _CHECKPOINTED = (_LAST, _OPTIMIZER, _STATE)
+_LOCK = ".voxseg.lock"
 
 
 @dataclass
@@ -305,3 +309,83 @@ def _read_json(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+# ---- one writer at a time ----------------------------------------------------------------------
+def _flock(handle, shared: bool) -> bool:
+    """Try to take the OS lock on an open file without waiting; False when another process
+    holds it. Where `fcntl` is missing (Windows) there is no lock and this says True."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def writing(run: RunFolder, command: str):
+    """Hold the run folder's writer lock while `command` writes into it.
+
+    A second writer (two `voxseg train --out run`, a train and an export) is refused with one
+    line instead of mixing the two runs' files. The lock is the OS's, so a crash or a kill
+    releases it. A folder this call created is removed again if the command fails before it
+    wrote a checkpoint (a failed start leaves nothing behind).
+    """
+    if run.root.exists() and not run.root.is_dir():
+        raise OutputExistsError(f"{run.root}: is a file; give a folder for the run")
+    created = not run.root.exists()
+    run.root.mkdir(parents=True, exist_ok=True)
+    lock = run.root / _LOCK
+    handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole block
+    try:
+        if not _flock(handle, shared=False) or not _still_named(lock, handle):
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise OutputExistsError(
+                f"{run.root}: {holder} is writing this run folder; wait for it to finish, "
+                "or choose another folder"
+            )
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"voxseg {command} (pid {os.getpid()})\n")
+        handle.flush()
+        try:
+            yield run
+        except BaseException:
+            if created and run.load_state() is None and not run.best_weights.exists():
+                for path in run.files():
+                    path.unlink(missing_ok=True)
+                lock.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    run.root.rmdir()  # only if nothing else is in it
+            raise
+        finally:
+            lock.unlink(missing_ok=True)  # still held: no one else can be using this file
+    finally:
+        handle.close()
+
+
+def _still_named(lock: Path, handle) -> bool:
+    """The locked file is still the one at `lock` (not one a finishing writer just
+    removed): otherwise two processes could each hold a lock on a different file."""
+    try:
+        return os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
+    except OSError:
+        return False
+
+
+def writer_of(run: RunFolder) -> str | None:
+    """Who holds the run's writer lock now ('voxseg train (pid 12)'), or None."""
+    lock = run.root / _LOCK
+    try:
+        handle = open(lock, encoding="utf-8")  # noqa: SIM115
+    except OSError:
+        return None
+    with handle:
+        if _flock(handle, shared=True):
+            return None
+        return handle.read().strip() or "another process"

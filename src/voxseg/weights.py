@@ -126,7 +126,20 @@ def save_model(path: Path, model: nn.Module) -> str:
 
 
 def load_model_weights(path: Path, model: nn.Module, expected_sha256: str | None = None) -> None:
+    """Weights into `model`; refused when they cannot be a trained network's (a NaN predicts
+    all background, integer tensors nonsense), whether or not a checksum covers the file."""
     tensors = load_tensors(path, expected_sha256)
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise ConfigError(
+                f"{path}: tensor {name!r} is {str(t.dtype).removeprefix('torch.')}, not floating "
+                "point; these are not voxseg weights: retrain or restore the run"
+            )
+        if not bool(torch.isfinite(t).all()):
+            raise ConfigError(
+                f"{path}: tensor {name!r} holds NaN or infinite values (training diverged, or "
+                "the file is damaged); retrain or restore the run"
+            )
     try:
         unwrap(model).load_state_dict(tensors)
     except RuntimeError as exc:

@@ -111,6 +111,15 @@ def _channel_groups(files: list[Path], labels: dict[str, Path]) -> dict[str, lis
     return groups
 
 
+def folder_case_id(path: Path, files: list[Path]) -> str:
+    """A folder of nnU-Net single-channel scans (every name ends in `_0000`, as in imagesTs)
+    names its cases without the channel suffix, as nnU-Net does and as labelsTs does."""
+    stem = image_stem(path)
+    if all(image_stem(f).endswith("_0000") and len(image_stem(f)) > 5 for f in files):
+        return stem[: -len("_0000")]
+    return stem
+
+
 def _msd_cases(root: Path, ending: str | None) -> tuple[list[Case], list[str]]:
     """`ending` (dataset.json's file_ending) keeps only files with that ending when known."""
 
@@ -177,7 +186,7 @@ def discover(root: str | Path) -> Dataset:
             return Dataset(root, "msd", tuple(cases), tuple(notes), names)
     files = _image_files(root)
     if files:
-        cases = [Case(image_stem(p), p) for p in files]
+        cases = [Case(folder_case_id(p, files), p) for p in files]
         _unique_ids(root, cases)
         return Dataset(root, "folder", tuple(cases))
     dicom = [d for d in [root, *_subdirs(root)] if is_dicom_dir(d)]
@@ -225,6 +234,7 @@ def split_cases(
     order = list(cases)
     random.Random(seed).shuffle(order)
     n_val = max(1, round(len(order) * val_fraction)) if val_fraction > 0 and len(order) > 1 else 0
+    n_val = min(n_val, len(order) - 1)  # at least one case is left to train on
     val_ids = {c.case_id for c in order[:n_val]}
     return [c for c in cases if c.case_id not in val_ids], [
         c for c in cases if c.case_id in val_ids

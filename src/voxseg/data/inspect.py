@@ -14,7 +14,6 @@ import numpy as np
 from voxseg.data.checks import binary_target, check_pair, label_values
 from voxseg.data.discovery import Case, Dataset
 from voxseg.data.io import read_image, read_info
-from voxseg.geometry import Reorientation
 from voxseg.progress import ProgressFn, Step, ignore
 
 AXES = "z y x"
@@ -46,11 +45,11 @@ def inspect_case(case: Case, foreground: tuple[int, ...] | None = None) -> CaseI
         fraction = float(np.count_nonzero(binary_target(label, foreground))) / label.size
         label_dtype = str(label.dtype)
     g = info.geometry
-    to_canonical = Reorientation.to_canonical(g)
+    shape, spacing = g.canonical_grid()
     return CaseInfo(
         case_id=case.case_id,
-        shape=to_canonical.permute(g.shape),
-        spacing=tuple(round(s, 4) for s in to_canonical.permute(g.spacing)),
+        shape=shape,
+        spacing=tuple(round(s, 4) for s in spacing),
         orientation=g.orientation,
         dtype=info.dtype,
         label_dtype=label_dtype,

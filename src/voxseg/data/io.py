@@ -7,6 +7,7 @@ geometry; nothing here assumes RAS or any axis order beyond what the header says
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,6 +297,20 @@ def check_output(path: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"{path}: already exists; pass --overwrite to replace it")
 
 
+def refuse_replacing_inputs(outputs: Iterable[Path], inputs: Iterable[Path | None]) -> None:
+    """Inputs are never replaced, --overwrite or not: one line for an output that is a file
+    the command reads, lies inside an input folder (a DICOM series), or is a folder that
+    holds an input it would write over. Every writer calls this before its first write."""
+    read = {Path(p).resolve() for p in inputs if p is not None}
+    for out in outputs:
+        target = Path(out).resolve()
+        hit = target if target in read else next((d for d in target.parents if d in read), None)
+        if hit is not None:
+            raise InputError(
+                f"{out}: would replace the input {hit}; write outputs outside the inputs"
+            )
+
+
 def write_image(
     path: str | Path,
     array: np.ndarray,
@@ -322,11 +337,13 @@ def write_image(
         img.SetMetaData(_NOTE_KEY, note[:79])
     suffix = next((s for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
     if suffix in TWO_FILE_SUFFIXES:
-        with atomic_files(path) as folder:
+        with atomic_files(path, exclusive=not overwrite) as folder:
             _write_checked(img, folder / path.name, path, geometry, compress)
             _check_companions(folder, path, overwrite)
     else:
-        with atomic_path(path, suffix=suffix) as tmp:  # the suffix picks SimpleITK's writer
+        # The suffix picks SimpleITK's writer; without overwrite, a file another process
+        # created meanwhile is never replaced.
+        with atomic_path(path, suffix=suffix, exclusive=not overwrite) as tmp:
             _write_checked(img, tmp, path, geometry, compress)
     return path
 

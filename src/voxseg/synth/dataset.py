@@ -10,6 +10,9 @@ from voxseg.synth.case import random_case
 from voxseg.synth.checks import check_grid
 from voxseg.synth.paint import paint_ct
 
+_FILES = ("imaging.nii.gz", "segmentation.nii.gz")
+"""What each case folder holds (KiTS19 layout)."""
+
 
 def _label_files(labels_dir: Path, cases: int) -> list[Path]:
     if not labels_dir.is_dir():
@@ -40,7 +43,7 @@ def write_dataset(
     geometry) with an image painted around it; `shape` and `spacing` are then unused.
     `on_progress` hears after each case.
     """
-    from voxseg.data.io import read_image, write_image
+    from voxseg.data.io import read_image, refuse_replacing_inputs, write_image
 
     out = Path(out)
     if cases < 1:
@@ -56,6 +59,8 @@ def write_dataset(
         sources = [None] * cases
     else:
         sources = _label_files(Path(labels_dir), cases)
+        outputs = [out / f"case_{i:05d}" / n for i in range(cases) for n in _FILES]
+        refuse_replacing_inputs(outputs, sources)
 
     written = []
     for i, source in enumerate(sources):
@@ -66,8 +71,8 @@ def write_dataset(
             label, geometry = read_image(source)
             image = paint_ct(label, geometry.spacing, seed + i, geometry.direction_matrix)
         folder = out / f"case_{i:05d}"
-        write_image(folder / "imaging.nii.gz", image, geometry, overwrite=overwrite)
-        write_image(folder / "segmentation.nii.gz", label, geometry, overwrite=overwrite)
+        for name, array in zip(_FILES, (image, label), strict=True):
+            write_image(folder / name, array, geometry, overwrite=overwrite)
         written.append(folder)
         on_progress(Step("synthesising", i + 1, cases))
     return written

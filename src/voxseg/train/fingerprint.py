@@ -12,7 +12,6 @@ import numpy as np
 from voxseg.data.checks import check_pair, label_values
 from voxseg.data.discovery import Case
 from voxseg.data.io import read_image, read_info
-from voxseg.geometry import Reorientation
 
 INTENSITY_CASES = 8
 """Cases sampled for the foreground intensity statistics."""
@@ -122,9 +121,9 @@ def measure_fingerprint(cases: Sequence[Case], foreground: tuple[int, ...] | Non
     shapes, spacings = [], []
     for case in cases:
         g = read_info(case.image).geometry
-        to_canonical = Reorientation.to_canonical(g)
-        shapes.append(to_canonical.permute(g.shape))
-        spacings.append(tuple(float(s) for s in to_canonical.permute(g.spacing)))
+        shape, spacing = g.canonical_grid()
+        shapes.append(shape)
+        spacings.append(tuple(float(s) for s in spacing))
     return Fingerprint(
         tuple(c.case_id for c in cases),
         tuple(shapes),

@@ -26,10 +26,10 @@ from voxseg.config import RunConfig, TrainConfig
 from voxseg.distributed import DistContext, all_sum, barrier
 from voxseg.errors import VoxsegError
 from voxseg.losses import build_loss, deep_supervision_loss
-from voxseg.prepared import PreparedCase
 from voxseg.progress import ProgressFn, Step, ignore
 from voxseg.run_folder import EpochRecord, RunFolder, TrainState
 from voxseg.runtime import autocast, autocast_dtype, to_device
+from voxseg.train.prepared import PreparedCase
 from voxseg.train.resume import load_checkpoint, save_checkpoint
 from voxseg.train.sampler import Batch, SamplerConfig, epoch_batches, steps_in_epoch
 from voxseg.train.threads import ThreadTuner
@@ -294,7 +294,7 @@ def train(
             clock.add_step(te - ts)
             if tuner is not None and tuner.observe(te - ts, state.step) and dist.is_main:
                 hooks.log(f"{tuner.current} intra-op threads are faster now (busy machine?)")
-            if dist.is_main:
+            if dist.is_main and i + 1 < n_steps:  # the epoch's end is reported after validation
                 hooks.on_progress(
                     Step(f"epoch {epoch}", i + 1, n_steps, _status(state, losses, clock))
                 )

@@ -192,7 +192,7 @@ def plan_default(
     if stats:
         pre = replace(
             pre,
-            window=(round(stats.p005, 1), round(stats.p995, 1)),
+            hu_window=(round(stats.p005, 1), round(stats.p995, 1)),
             mean=round(stats.mean, 2),
             std=round(max(stats.std, 1.0), 2),
         )

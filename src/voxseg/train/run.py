@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shlex
 import sys
@@ -20,14 +21,14 @@ from voxseg.data.guards import memory_limit
 from voxseg.distributed import DistContext, barrier, init_from_env, shutdown, wrap
 from voxseg.errors import ConfigError, OutputExistsError
 from voxseg.postprocess import choose_keep_largest
-from voxseg.prepared import PreparedCase, default_cache_dir, load_or_prepare
 from voxseg.progress import ProgressFn, Step, ignore
 from voxseg.regions import describe, target_values
-from voxseg.run_folder import RunFolder, TrainState
+from voxseg.run_folder import RunFolder, TrainState, writing
 from voxseg.runtime import resolve_device
 from voxseg.train.fingerprint import Fingerprint, measure_fingerprint
 from voxseg.train.loop import INTERRUPTED, TrainHooks, train
 from voxseg.train.plan import plan_default, planned_model, seed_preset
+from voxseg.train.prepared import PreparedCase, default_cache_dir, load_or_prepare
 from voxseg.train.throughput import Throughput, measure_throughput
 
 RESUMABLE = ("train.max_minutes", "train.epochs", "train.patience")
@@ -253,8 +254,9 @@ def run_training(o: TrainOptions, hooks: TrainHooks | None = None) -> tuple[RunC
     """
     wanted = check_options(o)
     dist = init_from_env(resolve_device(o.device))
-    try:
-        return _run(o, wanted, hooks or TrainHooks(), dist)
+    try:  # rank 0 writes the run folder, and holds its lock
+        with writing(RunFolder(o.out), "train") if dist.is_main else contextlib.nullcontext():
+            return _run(o, wanted, hooks or TrainHooks(), dist)
     finally:
         shutdown()
 

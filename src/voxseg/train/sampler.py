@@ -13,9 +13,9 @@ import numpy as np
 
 from voxseg.errors import ConfigError
 from voxseg.geometry import Shape3
-from voxseg.prepared import PreparedCase
 from voxseg.regions import channels
 from voxseg.train.augment import augment
+from voxseg.train.prepared import PreparedCase
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from voxseg.inference import predict_probabilities
 from voxseg.losses import build_loss
 from voxseg.metrics import ConfusionCounts, dice
 from voxseg.postprocess import CANDIDATES, candidate_dice
-from voxseg.prepared import PreparedCase
 from voxseg.regions import channels, nest
+from voxseg.train.prepared import PreparedCase
 from voxseg.weights import unwrap
 
 VAL_OVERLAP = 0.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -50,6 +51,40 @@ def default_cache_dir() -> Path:
     return (
         Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "voxseg" / "preprocessed"
     )
+
+
+_ENTRY = re.compile(r"^\.?.+-[0-9a-f]{20}(\..*)?$")
+"""A cache entry `<case_id>-<key>` (or the temporary folder of one being stored)."""
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    folder: Path
+    entries: int
+    bytes: int
+
+
+def _entries(cache_dir: Path) -> list[Path]:
+    """voxseg's entries in `cache_dir` (only those: the folder may hold other things)."""
+    try:
+        return [p for p in cache_dir.iterdir() if p.is_dir() and _ENTRY.match(p.name)]
+    except OSError:
+        return []
+
+
+def cache_usage(cache_dir: Path | None = None) -> CacheUsage:
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    entries = _entries(folder)
+    size = sum(f.stat().st_size for e in entries for f in e.iterdir() if f.is_file())
+    return CacheUsage(folder, len(entries), size)
+
+
+def clear_cache(cache_dir: Path | None = None) -> CacheUsage:
+    """Delete voxseg's entries from the cache folder; returns what was there."""
+    usage = cache_usage(cache_dir)
+    for entry in _entries(usage.folder):
+        shutil.rmtree(entry, ignore_errors=True)
+    return usage
 
 
 def _identity(path: Path) -> dict:

@@ -124,7 +124,7 @@ def write_dicom_seg(
         )
     sources = _by_slice(_read_headers(files), files, geometry)
     seg = _segmentation(np.asarray(mask), sources, segments, folder)
-    with atomic_path(out, suffix=".dcm") as tmp:
+    with atomic_path(out, suffix=".dcm", exclusive=not overwrite) as tmp:
         seg.save_as(tmp, enforce_file_format=True)
     return out
 
