@@ -13,6 +13,7 @@ from voxseg.train.fingerprint import Fingerprint, Intensity, measure_fingerprint
 from voxseg.train.plan import (
     DEVICE_BUDGETS,
     MIN_PATCH,
+    PLANNED_LR,
     TIMED_EPOCHS,
     patch_for,
     plan_default,
@@ -69,6 +70,7 @@ def test_plan_is_exact_and_ignores_a_noisy_throughput():
         "strides": [[1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
         "kernels": [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
     }
+    assert c.train.lr == PLANNED_LR and c.train.optimizer == "adamw"
     # With a time budget the clock ends training: no epoch count, no early stopping.
     assert (c.train.epochs, c.train.patience, c.train.max_minutes) == (TIMED_EPOCHS, 0, 10)
     # With a time budget a 7x lower reading changes nothing (the epoch length is a ratio of
@@ -223,3 +225,16 @@ def test_a_short_budget_plans_a_coarser_grid_and_a_long_one_the_data_grid():
     # A GPU affords the data's grid at 10 minutes.
     gpu = plan_default(KITS_32, voxels_per_second=1e6, max_minutes=10, device_class="gpu")
     assert gpu.config.preprocess.spacing == data_grid
+
+
+@pytest.mark.slow
+def test_the_users_lr_wins_over_the_planned_one(tmp_path, kits_tiny):
+    import json
+
+    from tests.test_cli import invoke
+
+    args = ("--epochs", "1", "--steps-per-epoch", "1", "--lr", "0.0005")
+    result = invoke("train", "--data", kits_tiny, "--out", tmp_path / "run", *args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))
+    assert config["model"]["name"] == "unet" and config["train"]["lr"] == 0.0005

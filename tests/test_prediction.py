@@ -129,7 +129,7 @@ def test_tta_and_keep_largest_keep_the_grid_and_act(tmp_path: Path, runs):
         out = tmp_path / f"{name}.nii.gz"
         [p] = predict(runs["spacing"], src, out, device="cpu", probabilities=True, **options)
         prob, pg = read_image(tmp_path / f"{name}_prob.nii.gz")
-        assert p.mask.shape == SHAPE and p.probabilities.shape == SHAPE
+        assert p.mask.shape == SHAPE and p.probabilities.shape == (1, *SHAPE)
         assert pg.same_grid(g, atol=1e-5) and prob.dtype == np.float32
         return p
 

@@ -5,7 +5,6 @@ import torch.nn.functional as F
 
 from tests.conftest import IDENTITY, IPL, blob_case, geometry_for, oblique_direction
 from voxseg.config import PreprocessConfig
-from voxseg.data.checks import binary_target
 from voxseg.preprocess import (
     normalise,
     preprocess_image,
@@ -14,7 +13,7 @@ from voxseg.preprocess import (
     restore,
     target_shape,
 )
-from voxseg.regions import NON_ZERO
+from voxseg.regions import NON_ZERO, Region
 
 
 def test_normalise_clips_then_standardises():
@@ -39,8 +38,8 @@ def test_target_shape():
 
 def test_binary_target_foreground_selection():
     label = np.array([0, 1, 2, 2], np.uint16)
-    np.testing.assert_array_equal(binary_target(label, None), [0, 1, 1, 1])
-    np.testing.assert_array_equal(binary_target(label, (2,)), [0, 0, 1, 1])
+    np.testing.assert_array_equal(Region("", None).mask(label), [0, 1, 1, 1])
+    np.testing.assert_array_equal(Region("", (2,)).mask(label), [0, 0, 1, 1])
 
 
 @pytest.mark.parametrize("direction", [IPL, IDENTITY, oblique_direction(15)])

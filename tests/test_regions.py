@@ -17,7 +17,9 @@ from voxseg.data.io import read_image, read_info, read_note
 from voxseg.errors import ConfigError
 from voxseg.losses import build_loss
 from voxseg.regions import (
+    BINARY_NOTE,
     KITS,
+    NON_ZERO,
     Region,
     channels,
     encode,
@@ -109,7 +111,7 @@ def test_label_map_keeps_the_inner_region_inside_the_outer_one():
 
 def test_file_note_round_trips_and_names_binary_masks():
     assert note_regions(file_note(KITS)) == ((1, 2), (2,))
-    assert note_regions(file_note(None)) is None
+    assert file_note(NON_ZERO) == BINARY_NOTE and note_regions(BINARY_NOTE) is None
 
 
 def test_resampled_regions_stay_nested():
@@ -258,7 +260,8 @@ def test_region_model_predicts_a_label_map_on_the_exact_grid(region_run, tmp_pat
     result = invoke("report", region_run, "--pred", out, "--gt", data, "--out", page)
     assert result.exit_code == 0, result.output
     html = page.read_text()
-    assert "Composite Dice" in html and "tumour NSD 2 mm" in html
+    assert "Composite Dice" in html and "<h3>tumour: global Dice" in html
+    assert "prediction thin (kidney+tumour magenta, tumour orange)" in html
 
 
 @pytest.mark.slow

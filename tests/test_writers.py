@@ -112,6 +112,13 @@ def test_nnunet_images_ts_predictions_are_named_by_case(tmp_path: Path, run: Pat
     assert sorted(p.name for p in out.iterdir()) == ["case_0000.nii.gz", "case_0001.nii.gz"]
     result = invoke("evaluate", "--pred", out, "--gt", labels)
     assert result.exit_code == 0, result.output
+    page = tmp_path / "report.html"  # the CT under the overlays comes from imagesTs
+    assert invoke("report", "--pred", out, "--gt", labels, "--out", page).exit_code == 0
+    assert "no CT image" not in page.read_text(encoding="utf-8")
+    (images / "case_0001_0000.nii.gz").unlink()  # and a missing one is said
+    page.unlink()
+    assert invoke("report", "--pred", out, "--gt", labels, "--out", page).exit_code == 0
+    assert page.read_text(encoding="utf-8").count("no CT image") == 1
     missing = invoke("evaluate", "--pred", out, "--gt", tmp_path / "other")
     assert missing.exit_code == 2
     write_image(tmp_path / "other" / "case_0009.nii.gz", label, g)
@@ -288,3 +295,30 @@ def test_bad_divisor_metadata_is_one_line(tmp_path: Path, run: Path, divisor):
     scan = run.parent / "kits" / "case_00000" / "imaging.nii.gz"
     args = ("-i", scan, "-o", tmp_path / "m.nii.gz", "--engine", "onnx")
     one_line_error(invoke("predict", "--model", deploy, *args), "voxseg.divisor")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("epoch", "1", "\"epoch\" = '1': must be a whole number"),
+        ("epoch", 50, "does not match the 1 epochs of its history"),
+        ("elapsed", -3.0, '"elapsed" = -3.0'),
+        ("best_epoch", 7, "later than the epochs completed"),
+        ("files", {"last.safetensors": 3}, '"files"'),
+    ],
+)
+def test_a_hand_edited_state_is_refused_on_resume(tmp_path: Path, run: Path, field, value, needle):
+    import json
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    for name in ("state.json", "state.prev.json"):
+        path = copy / name
+        if path.exists():
+            state = json.loads(path.read_text(encoding="utf-8"))
+            state[field] = value
+            path.write_text(json.dumps(state), encoding="utf-8")
+    before = _snapshot(copy)
+    result = invoke("train", "--data", run.parent / "kits", "--out", copy, "--resume")
+    one_line_error(result, "state", needle)
+    assert _snapshot(copy) == before

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from voxseg.atomic import write_text
-from voxseg.data.checks import binary_target
 from voxseg.data.discovery import discover, folder_case_id, require_labelled
 from voxseg.data.io import (
     check_output,
@@ -41,7 +40,7 @@ from voxseg.metrics import (
     iou,
 )
 from voxseg.progress import ProgressFn, Step, ignore
-from voxseg.regions import BINARY_NOTE, Region, note_regions
+from voxseg.regions import BINARY_NOTE, NON_ZERO, Region, describe, label_words, note_regions
 
 METRICS = tuple(f.name for f in fields(CaseMetrics) if f.name != "case_id")
 
@@ -229,8 +228,23 @@ def _gt_files(gt: Path) -> tuple[dict[str, tuple[Path, Path | None]], tuple[str,
         return {image_stem(gt): (gt, None)}, ()
     dataset = discover(gt)
     if dataset.layout == "folder":  # a plain folder: its files are the masks
-        return {c.case_id: (c.image, None) for c in dataset.cases}, dataset.notes
+        images = _images_beside(gt)
+        return {c.case_id: (c.image, images.get(c.case_id)) for c in dataset.cases}, dataset.notes
     return {c.case_id: (c.label, c.image) for c in require_labelled(dataset)}, dataset.notes
+
+
+def _images_beside(labels: Path) -> dict[str, Path]:
+    """The scans of a labels folder laid out as nnU-Net's (labelsTs beside imagesTs), by
+    case id; empty when there is no such folder."""
+    if not labels.name.startswith("labels"):
+        return {}
+    images = labels.with_name("images" + labels.name[len("labels") :])
+    if not images.is_dir():
+        return {}
+    try:
+        return {c.case_id: c.image for c in discover(images).cases}
+    except InputError:
+        return {}
 
 
 def pair_cases(pred: Path, gt: Path) -> tuple[list[CasePair], list[str]]:
@@ -284,33 +298,6 @@ def _read_pair(pair: CasePair) -> tuple[np.ndarray, np.ndarray, Geometry]:
     gt_array, gt_geom = read_image(pair.gt)
     _check_same_grid(pair, pred_geom, gt_geom)
     return pred_array, gt_array, gt_geom
-
-
-def evaluate(
-    pred: str | Path,
-    gt: str | Path,
-    *,
-    foreground: tuple[int, ...] | None = None,
-    on_progress: ProgressFn = ignore,
-) -> EvaluationResult:
-    """Score every ground-truth case against its prediction (a voxel of the prediction is
-    foreground when its value is > 0)."""
-    pairs, notes = pair_cases(Path(pred), Path(gt))
-    cases, totals = [], ConfusionCounts(0, 0, 0, 0)
-    for pair in pairs:
-        pred_array, gt_array, gt_geom = _read_pair(pair)
-        pred_mask = pred_array > 0
-        gt_mask = binary_target(gt_array, foreground).astype(bool)
-        totals = totals + ConfusionCounts.from_masks(pred_mask, gt_mask)
-        cases.append(case_metrics(pair.case_id, pred_mask, gt_mask, gt_geom.spacing))
-        on_progress(Step("evaluating", len(cases), len(pairs), pair.case_id))
-    if totals.tp + totals.fn == 0:
-        target = "every non-zero label" if foreground is None else f"label {foreground}"
-        raise InputError(
-            f"{gt}: the ground truth has no voxel of the target ({target}) in any of "
-            f"{len(cases)} cases: there is nothing to score; check --foreground and the labels"
-        )
-    return _result(cases, totals, notes, pairs)
 
 
 @dataclass(frozen=True)
@@ -388,6 +375,71 @@ def _check_label_maps(pairs: Sequence[CasePair], regions: tuple[Region, ...]) ->
     return bool(notes) and notes[0].startswith("voxseg")
 
 
+def score(
+    pred: str | Path,
+    gt: str | Path,
+    regions: tuple[Region, ...],
+    read_as: tuple[Region, ...],
+    *,
+    option: str,
+    on_progress: ProgressFn = ignore,
+) -> RegionsResult:
+    """The one scoring loop: every metric per region, region r of a prediction file read as
+    `read_as[r]` and of the ground truth as `regions[r]`. `option` names what the user gave
+    (`--foreground`, `--regions`) in messages."""
+    pairs, notes = pair_cases(Path(pred), Path(gt))
+    cases = [[] for _ in regions]
+    totals = [ConfusionCounts(0, 0, 0, 0) for _ in regions]
+    for i, pair in enumerate(pairs, start=1):
+        pred_array, gt_array, gt_geom = _read_pair(pair)
+        for r, (region, as_read) in enumerate(zip(regions, read_as, strict=True)):
+            pred_mask, gt_mask = as_read.mask(pred_array), region.mask(gt_array)
+            totals[r] = totals[r] + ConfusionCounts.from_masks(pred_mask, gt_mask)
+            cases[r].append(case_metrics(pair.case_id, pred_mask, gt_mask, gt_geom.spacing))
+        on_progress(Step("evaluating", i, len(pairs), pair.case_id))
+    for region, t in zip(regions, totals, strict=True):
+        if t.tp + t.fn == 0:
+            raise InputError(
+                f"{gt}: the ground truth has no voxel of {describe((region,))} in any of "
+                f"{len(pairs)} cases: there is nothing to score; check {option} against the "
+                "label values `voxseg info` shows"
+            )
+    return RegionsResult(
+        regions, tuple(_result(c, t, notes, pairs) for c, t in zip(cases, totals, strict=True))
+    )
+
+
+def score_as_asked(
+    pred: str | Path,
+    gt: str | Path,
+    *,
+    foreground: tuple[int, ...] | None = None,
+    regions: tuple[Region, ...] | None = None,
+    on_progress: ProgressFn = ignore,
+) -> tuple[RegionsResult, tuple[Region, ...]]:
+    """Scores as `voxseg evaluate` gives them, and how the predictions were read: per region
+    of a label map with `regions`, else the one `foreground` target of {0, 1} masks."""
+    if regions:
+        return evaluate_regions(pred, gt, regions, on_progress=on_progress), regions
+    target = NON_ZERO[0] if foreground is None else Region(label_words(foreground), foreground)
+    read_as = (Region(target.name, None),)
+    scored = score(pred, gt, (target,), read_as, option="--foreground", on_progress=on_progress)
+    return scored, read_as
+
+
+def evaluate(
+    pred: str | Path,
+    gt: str | Path,
+    *,
+    foreground: tuple[int, ...] | None = None,
+    on_progress: ProgressFn = ignore,
+) -> EvaluationResult:
+    """Score every ground-truth case against its prediction as one region (a voxel of the
+    prediction is foreground when its value is > 0)."""
+    scored, _ = score_as_asked(pred, gt, foreground=foreground, on_progress=on_progress)
+    return scored.results[0]
+
+
 def evaluate_regions(
     pred: str | Path,
     gt: str | Path,
@@ -396,32 +448,22 @@ def evaluate_regions(
     on_progress: ProgressFn = ignore,
 ) -> RegionsResult:
     """Score label-map predictions region by region against label-map ground truth."""
-    pairs, notes = pair_cases(Path(pred), Path(gt))
+    pairs, _ = pair_cases(Path(pred), Path(gt))
     marked = _check_label_maps(pairs, regions)
-    cases = [[] for _ in regions]
-    totals = [ConfusionCounts(0, 0, 0, 0) for _ in regions]
-    highest = 0
-    for i, pair in enumerate(pairs, start=1):
-        pred_array, gt_array, gt_geom = _read_pair(pair)
-        highest = max(highest, int(pred_array.max(initial=0)))
-        for r, region in enumerate(regions):
-            pred_mask, gt_mask = region.mask(pred_array), region.mask(gt_array)
-            totals[r] = totals[r] + ConfusionCounts.from_masks(pred_mask, gt_mask)
-            cases[r].append(case_metrics(pair.case_id, pred_mask, gt_mask, gt_geom.spacing))
-        on_progress(Step("evaluating", i, len(pairs), pair.case_id))
+    _check_not_binary(pred, pairs, regions, marked)
+    return score(pred, gt, regions, regions, option="--regions", on_progress=on_progress)
+
+
+def _check_not_binary(pred, pairs: Sequence[CasePair], regions, marked: bool) -> None:
+    """Files voxseg did not write are judged by their values: 0 and 1 only cannot hold a
+    region without label 1 (a binary model's masks would score 0 there)."""
     unreachable = [r.name for r in regions if r.labels is not None and 1 not in r.labels]
-    if highest <= 1 and unreachable and not marked:  # not written by voxseg: values tell
+    if marked or not unreachable:
+        return
+    highest = max(int(read_image(pair.pred)[0].max(initial=0)) for pair in pairs)
+    if highest <= 1:
         raise InputError(
             f"{pred}: holds binary masks (values 0 and 1 only), but region {unreachable[0]!r} "
             "needs other label values; score a binary model without --regions (with "
             "--foreground), or predict with a model trained with --regions"
         )
-    for region, t in zip(regions, totals, strict=True):
-        if t.tp + t.fn == 0:
-            raise InputError(
-                f"{gt}: the ground truth has no voxel of region {region.name!r} in any of "
-                f"{len(pairs)} cases; check --regions against the label values"
-            )
-    return RegionsResult(
-        regions, tuple(_result(c, t, notes, pairs) for c, t in zip(cases, totals, strict=True))
-    )

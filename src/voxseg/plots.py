@@ -20,11 +20,24 @@ from voxseg.run_folder import EpochRecord
 
 HU_WINDOW = (-160.0, 240.0)
 """Soft-tissue window for the CT under the overlays."""
-GT_COLOUR = "#22c55e"
-PRED_COLOUR = "#e800e8"
-REGION_COLOURS = ("#22c55e", "#f97316", "#38bdf8", "#e800e8", "#facc15")
-"""One colour per region (kidney+tumour green, tumour orange, ...)."""
-REGION_COLOUR_NAMES = ("green", "orange", "blue", "magenta", "yellow")
+TRUTH_COLOURS = (("#22c55e", "green"), ("#38bdf8", "blue"), ("#a3e635", "lime"))
+"""Ground truth, one colour per region: cool colours, drawn wide and underneath."""
+PRED_COLOURS = (("#e800e8", "magenta"), ("#f97316", "orange"), ("#facc15", "yellow"))
+"""Prediction, one colour per region: warm colours, drawn thin on top, so truth and
+prediction never share a colour."""
+
+
+def _colour(palette, r: int) -> tuple[str, str]:
+    return palette[r % len(palette)]
+
+
+def legend_words(regions: Sequence[str]) -> str:
+    """How the overlays draw each region, in words for the report."""
+    if len(regions) == 1:
+        return "Ground truth in green, prediction in magenta"
+    truth = ", ".join(f"{n} {_colour(TRUTH_COLOURS, r)[1]}" for r, n in enumerate(regions))
+    pred = ", ".join(f"{n} {_colour(PRED_COLOURS, r)[1]}" for r, n in enumerate(regions))
+    return f"Ground truth wide ({truth}), prediction thin ({pred})"
 
 
 def _figure(width: float, height: float, dpi: int):
@@ -120,31 +133,29 @@ def overlay_png(
     """Axial, coronal and sagittal slices with ground truth and prediction outlined, as PNG.
 
     All arrays are canonical (superior, posterior, left) and `spacing` is in that order;
-    `image` is CT in HU, or None to draw the masks on grey. With `regions` (their names),
-    `gt` and `pred` are (R, ...) masks, each region in its own colour: ground truth solid,
-    prediction dashed. Slices go through the most foreground of ground truth or prediction.
+    `image` is CT in HU, or None to draw the masks on grey. `gt` and `pred` are (R, ...)
+    masks, one per region named in `regions` (a binary target is one region): ground truth
+    wide in cool colours, prediction thin in warm ones. Slices go through the most
+    foreground of ground truth or prediction.
     """
     from matplotlib.lines import Line2D
 
     gt, pred = np.asarray(gt, bool), np.asarray(pred, bool)
-    if not regions:
+    if gt.ndim == 3:  # one region given as a plain mask
         gt, pred = gt[None], pred[None]
+    regions = tuple(regions) or ("",) * len(gt)
     if gt.shape != pred.shape or (image is not None and image.shape != gt.shape[1:]):
         raise ValueError(
             f"shapes differ: image {None if image is None else image.shape}, "
             f"gt {gt.shape}, pred {pred.shape}"
         )
-    if regions:  # colour = region, line style = truth (solid) or prediction (dashed)
-        colours = [REGION_COLOURS[r % len(REGION_COLOURS)] for r in range(len(regions))]
-        layers = [(gt[r], c, 2.2, "solid") for r, c in enumerate(colours)]
-        layers += [(pred[r], c, 1.2, "dashed") for r, c in enumerate(colours)]
-        labels = [f"{n} {kind}" for kind in ("truth", "prediction") for n in regions]
-    else:  # ground truth wider and underneath, so a perfect prediction still shows both
-        layers = [(gt[0], GT_COLOUR, 2.6, "solid"), (pred[0], PRED_COLOUR, 1.1, "solid")]
-        labels = ["ground truth", "prediction"]
+    truth = [(gt[r], _colour(TRUTH_COLOURS, r)[0], 2.6, "solid") for r in range(len(gt))]
+    guess = [(pred[r], _colour(PRED_COLOURS, r)[0], 1.1, "solid") for r in range(len(gt))]
+    layers = truth + guess
+    labels = [f"{n} {kind}".strip() for kind in ("ground truth", "prediction") for n in regions]
     shape = gt.shape[1:]
     index = best_slices(gt[0] | pred[0])
-    fig = _figure(9, 3.4 + 0.25 * (len(labels) > 2), 80)
+    fig = _figure(13.5, 4.9 + 0.3 * (len(labels) > 2), 100)  # ~450 px per view
     for ax, (name, axis, _, row_axis, col_axis, letters) in zip(
         fig.subplots(1, 3), _VIEWS, strict=True
     ):

@@ -29,14 +29,13 @@ from voxseg.data.io import (
     read_info,
     refuse_replacing_inputs,
     write_image,
-    write_mask,
 )
 from voxseg.errors import ConfigError, InputError
 from voxseg.geometry import Geometry
 from voxseg.postprocess import keep_largest
 from voxseg.preprocess import PreprocessRecord, preprocess_image, restore, restore_probabilities
 from voxseg.progress import ProgressFn, Step, ignore
-from voxseg.regions import BINARY_NOTE, file_note, label_map
+from voxseg.regions import as_written, file_note, label_map
 from voxseg.run_folder import RunFolder, writer_of
 
 Engine = Literal["auto", "torch", "onnx"]
@@ -89,12 +88,13 @@ class Predictor:
 class Prediction:
     case_id: str
     mask: np.ndarray | None
-    """uint8 in the source file's array layout: {0, 1} from a binary model, a label map from
-    a region model (KiTS: 1 kidney, 2 tumour); None when the case was skipped."""
+    """uint8 in the source file's array layout: {0, 1} from a one-region (binary) model, a
+    label map from a model of several regions (KiTS: 1 kidney, 2 tumour); None when the case
+    was skipped."""
     geometry: Geometry
     """The source file's geometry (write the mask with it)."""
     probabilities: np.ndarray | None = None
-    """float32, (D, H, W) from a binary model, (R, D, H, W) from a region model."""
+    """float32 (R, D, H, W), one channel per region the model segments (R = 1: binary)."""
     path: Path | None = None
     skipped: bool = False
     """The output already existed on the input's grid and was kept (a rerun)."""
@@ -243,11 +243,10 @@ def finish(
         for channel, n in zip(prob, keep, strict=True)
     ]
     masks = [restore(channel, record, infer.threshold) for channel in kept]
-    mask = label_map(np.stack(masks), regions) if config.data.regions else masks[0]
+    mask = label_map(np.stack(masks), regions)
     probs = None
     if with_probabilities:
         probs = np.stack([restore_probabilities(channel, record) for channel in kept])
-        probs = probs if config.data.regions else probs[0]
     return mask, probs
 
 
@@ -300,10 +299,11 @@ def probability_path(mask_path: Path, region: str | None = None) -> Path:
 
 
 def probability_paths(mask_path: Path, config: RunConfig) -> list[Path]:
-    """One probability file per model output."""
-    if not config.data.regions:
+    """One probability file per model output (`m_prob.nii.gz` for a one-region model)."""
+    targets = config.data.targets()
+    if len(targets) == 1:
         return [probability_path(mask_path)]
-    return [probability_path(mask_path, r.name) for r in config.data.targets()]
+    return [probability_path(mask_path, r.name) for r in targets]
 
 
 def _is_complete(path: Path, geometry: Geometry) -> bool:
@@ -353,22 +353,15 @@ def _finish_and_write(
     if path is not None and path.suffix.lower() == ".dcm":
         from voxseg.data.dicom_seg import segment, series_files, write_dicom_seg
 
-        targets = config.data.targets()
-        segments = [segment(r.name, r.labels or (1,)) for r in targets]
-        if not config.data.regions:
-            segments = [segment(targets[0].name, (1,))]
+        segments = [segment(r.name, r.labels or (1,)) for r in as_written(config.data.targets())]
         files = series_files(loaded.job.case.image)
         write_dicom_seg(mask, files, path, segments, geometry=geometry, overwrite=replace)
     elif path is not None:
         remove_stale_parts(path.parent, path.name)  # this case's leftovers from a crash
-        if config.data.regions:
-            note = file_note(config.data.targets())
-            write_image(path, mask, geometry, overwrite=replace, note=note)
-        else:
-            write_mask(path, mask, geometry, overwrite=replace, note=BINARY_NOTE)
+        note = file_note(config.data.targets())
+        write_image(path, mask, geometry, overwrite=replace, note=note)
         if probs is not None:
-            channels = probs if config.data.regions else probs[None]
-            for q, channel in zip(probability_paths(path, config), channels, strict=True):
+            for q, channel in zip(probability_paths(path, config), probs, strict=True):
                 write_image(q, channel, geometry, overwrite=replace)
     return Prediction(loaded.job.case.case_id, mask, geometry, probs, path)
 

@@ -141,12 +141,20 @@ def nest(masks: np.ndarray, regions: tuple[Region, ...]) -> np.ndarray:
     return out
 
 
+def as_written(regions: tuple[Region, ...]) -> tuple[Region, ...]:
+    """How each target region reads from a predicted file: one region is a {0, 1} mask (any
+    non-zero value), several are a label map of their own values (KiTS: 1 kidney, 2 tumour)."""
+    return (Region(regions[0].name, None),) if len(regions) == 1 else regions
+
+
 def label_map(masks: np.ndarray, regions: tuple[Region, ...]) -> np.ndarray:
-    """Nested per-region masks (R, ...) -> uint8 label map: a voxel gets the own label value
-    of the innermost region holding it (KiTS: 1 kidney, 2 tumour)."""
+    """Nested per-region masks (R, ...) -> uint8 file values: a voxel gets the own label value
+    of the innermost region holding it (KiTS: 1 kidney, 2 tumour); one region gives a {0, 1}
+    mask (`as_written`)."""
+    written = as_written(regions)
     out = np.zeros(masks.shape[1:], dtype=np.uint8)
     for k, mask in enumerate(nest(masks, regions)):
-        out[mask] = own_labels(regions, k)[0] if regions[k].labels else 1
+        out[mask] = own_labels(written, k)[0] if written[k].labels else 1
     return out
 
 
@@ -161,10 +169,10 @@ BINARY_NOTE = "voxseg binary mask"
 _LABEL_MAP_NOTE = "voxseg label map "
 
 
-def file_note(regions: tuple[Region, ...] | None) -> str:
-    """What a predicted file holds, for its header: a binary mask (None) or a label map of
-    `regions` (`voxseg label map 1,2;2`), so evaluation can tell them apart."""
-    if regions is None:
+def file_note(regions: tuple[Region, ...]) -> str:
+    """What a predicted file holds, for its header: a binary mask (one region) or a label map
+    of `regions` (`voxseg label map 1,2;2`), so evaluation can tell them apart."""
+    if len(regions) == 1:
         return BINARY_NOTE
     return _LABEL_MAP_NOTE + ";".join(",".join(map(str, r.labels or ())) for r in regions)
 

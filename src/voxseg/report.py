@@ -19,16 +19,16 @@ from voxseg.atomic import write_text
 from voxseg.config import RunConfig
 from voxseg.errors import ConfigError, InputError
 from voxseg.evaluation import CasePair, EvaluationResult, RegionsResult
-from voxseg.plots import HU_WINDOW, REGION_COLOUR_NAMES, curves_figure, overlay_png, png_bytes
+from voxseg.plots import HU_WINDOW, curves_figure, legend_words, overlay_png, png_bytes
 from voxseg.regions import Region, describe
 from voxseg.run_folder import RunFolder, TrainState
 
 
 def _case_overlay(
-    files: CasePair, regions: tuple[Region, ...], title: str, label_map: bool = False
+    files: CasePair, regions: tuple[Region, ...], read_as: tuple[Region, ...], title: str
 ) -> bytes:
-    """The overlay of one case; `label_map`: the prediction holds region label values (else
-    any value > 0 is the one target)."""
+    """The overlay of one case: region r of the ground truth is `regions[r]`, of the
+    prediction `read_as[r]` (as evaluation read it)."""
     from voxseg.data.io import read_image
     from voxseg.geometry import Reorientation
 
@@ -40,18 +40,13 @@ def _case_overlay(
         image = ct if ct.shape == gt.shape else None  # a mismatched CT is shown as grey
     to_canonical = Reorientation.to_canonical(geometry)
     _, spacing = geometry.canonical_grid()
-    gt_masks = np.stack([to_canonical.apply(r.mask(gt)) for r in regions])
-    if label_map:
-        pred_masks = np.stack([to_canonical.apply(r.mask(pred)) for r in regions])
-    else:
-        pred_masks = to_canonical.apply(pred > 0)[None]
     return overlay_png(
         None if image is None else to_canonical.apply(image),
-        gt_masks if label_map else gt_masks[0],
-        pred_masks if label_map else pred_masks[0],
+        np.stack([to_canonical.apply(r.mask(gt)) for r in regions]),
+        np.stack([to_canonical.apply(r.mask(pred)) for r in read_as]),
         spacing,
         title,
-        regions=tuple(r.name for r in regions) if label_map else (),
+        regions=tuple(r.name for r in regions),
     )
 
 
@@ -60,7 +55,7 @@ def _case_overlay(
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2937;
 margin:0;background:#f3f4f6}
-main{max-width:1120px;margin:0 auto;padding:20px 28px;background:#fff;min-height:100vh}
+main{max-width:1440px;margin:0 auto;padding:20px 28px;background:#fff;min-height:100vh}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;
 border-bottom:1px solid #e5e7eb;padding-bottom:4px}h3{font-size:15px;margin:18px 0 4px}
 .muted{color:#6b7280}.note{background:#fef9c3;padding:6px 10px;border-radius:4px}
@@ -177,46 +172,6 @@ def _run_section(run: RunFolder, config: RunConfig | ConfigError) -> list[str]:
     return parts
 
 
-def _evaluation_section(result: EvaluationResult, foreground, max_cases: int) -> list[str]:
-    summary_rows = _summary_rows(result)
-    worst_first = sorted(result.cases, key=lambda c: (c.dice, c.case_id))
-    case_rows = [
-        (c.case_id, *(_num(getattr(c, k), fmt) for k, _, fmt in _CASE_COLUMNS)) for c in worst_first
-    ]
-    parts = [
-        f"<h2>Evaluation ({len(result.cases)} cases)</h2>",
-        f'<p class="muted">{_e(NO_ACCURACY)} Global Dice (summed counts over all cases): '
-        f"{result.global_dice:.4f}.</p>",
-        *(f'<p class="note">{_e(n)}</p>' for n in result.notes),
-        _table(("metric", "mean", "median", "std", "excluded (inf)"), summary_rows),
-        "<h3>Per case, worst Dice first</h3>",
-        _table(
-            ("case", *(label for _, label, _ in _CASE_COLUMNS)),
-            case_rows,
-            classes=["bad" if c.dice < 0.5 else "" for c in worst_first],
-        ),
-        "<h2>Overlays, worst Dice first</h2>",
-        f'<p class="muted">Ground truth in green, prediction in magenta; CT windowed to '
-        f"[{HU_WINDOW[0]:g}, {HU_WINDOW[1]:g}] HU; radiological view (patient's left on the "
-        "right); slices through the most foreground of either mask.</p>",
-    ]
-    files = {pair.case_id: pair for pair in result.pairs}
-    for case in worst_first[:max_cases]:
-        source = files[case.case_id]
-        parts.append(f'<section class="case" id="case-{_e(case.case_id)}">')
-        if source.image is None:
-            parts.append(f'<p class="muted">{_e(case.case_id)}: no CT image, masks on grey.</p>')
-        target = (Region("", foreground),)
-        png = _case_overlay(source, target, f"{case.case_id}: Dice {case.dice:.3f}")
-        parts.append(_img(png, f"overlay {case.case_id}") + "</section>")
-    hidden = len(worst_first) - max_cases
-    if hidden > 0:
-        parts.append(
-            f'<p class="muted">{hidden} better cases not shown (max_cases={max_cases}).</p>'
-        )
-    return parts
-
-
 def _summary_rows(result: EvaluationResult) -> list[tuple[str, ...]]:
     return [
         (
@@ -228,57 +183,55 @@ def _summary_rows(result: EvaluationResult) -> list[tuple[str, ...]]:
     ]
 
 
-def _regions_section(result: RegionsResult, max_cases: int) -> list[str]:
-    """Per-region tables, the composite, and overlays with one colour per region."""
+def _scores_section(
+    result: RegionsResult, read_as: tuple[Region, ...], max_cases: int
+) -> list[str]:
+    """Tables and overlays for any number of regions (a binary target is one); cases worst
+    first by their mean Dice over regions (the KiTS19 composite when there are several)."""
     names = [r.name for r in result.regions]
     composite = result.case_composite()
     by_region = [{c.case_id: c for c in r.cases} for r in result.results]
     worst_first = sorted(composite, key=lambda k: (composite[k], k))
-    parts = [
-        f"<h2>Evaluation per region ({len(composite)} cases)</h2>",
-        f"<p><b>Composite Dice {result.composite_dice:.4f}</b>: the mean over regions of the "
-        "mean Dice over cases (KiTS19's ranking score for kidney+tumour and tumour).</p>",
-        f'<p class="muted">{_e(NO_ACCURACY)}</p>',
+    bad = ["bad" if composite[k] < 0.5 else "" for k in worst_first]
+    parts = [f"<h2>Evaluation ({len(composite)} cases)</h2>"]
+    if len(names) > 1:
+        parts.append(
+            f"<p><b>Composite Dice {result.composite_dice:.4f}</b>: the mean over regions of "
+            "the mean Dice over cases (KiTS19's ranking score for kidney+tumour and tumour).</p>"
+        )
+    parts += [
+        f'<p class="muted">{_e(NO_ACCURACY)} Global Dice: the Dice of the voxel counts summed '
+        "over all cases.</p>",
         *(f'<p class="note">{_e(n)}</p>' for n in result.notes),
     ]
-    for name, scored in zip(names, result.results, strict=True):
+    for name, scored, cases in zip(names, result.results, by_region, strict=True):
+        rows = [
+            (k, *(_num(getattr(cases[k], key), fmt) for key, _, fmt in _CASE_COLUMNS))
+            for k in worst_first
+        ]
         parts += [
             f"<h3>{_e(name)}: global Dice {scored.global_dice:.4f}</h3>",
             _table(("metric", "mean", "median", "std", "excluded (inf)"), _summary_rows(scored)),
+            f"<h4>Per case, worst first ({_e(name)})</h4>",
+            _table(("case", *(label for _, label, _ in _CASE_COLUMNS)), rows, bad),
         ]
-    case_rows = []
-    for k in worst_first:
-        row = [k]
-        for d in by_region:
-            row += [_num(d[k].dice, ".3f"), _num(d[k].surface_dice_2mm, ".3f")]
-        case_rows.append((*row, _num(composite[k], ".3f")))
-    header = ["case"]
-    for n in names:
-        header += [f"{n} Dice", f"{n} NSD 2 mm"]
     parts += [
-        "<h3>Per case, worst composite first</h3>",
-        _table(
-            (*header, "composite"),
-            case_rows,
-            ["bad" if composite[k] < 0.5 else "" for k in worst_first],
-        ),
-        "<h2>Overlays, worst composite first</h2>",
-        '<p class="muted">One colour per region ('
-        + ", ".join(
-            f"{_e(n)} {REGION_COLOUR_NAMES[i % len(REGION_COLOUR_NAMES)]}"
-            for i, n in enumerate(names)
-        )
-        + f"); ground truth solid, prediction dashed; CT windowed to [{HU_WINDOW[0]:g}, "
-        f"{HU_WINDOW[1]:g}] HU; radiological view (patient's left on the right).</p>",
+        "<h2>Overlays, worst first</h2>",
+        f'<p class="muted">{_e(legend_words(names))}; CT windowed to [{HU_WINDOW[0]:g}, '
+        f"{HU_WINDOW[1]:g}] HU; radiological view (patient's left on the right); slices "
+        "through the most foreground of either mask.</p>",
     ]
     files = {pair.case_id: pair for pair in result.pairs}
     for k in worst_first[:max_cases]:
         title = f"{k}: " + ", ".join(
-            f"{n} {d[k].dice:.3f}" for n, d in zip(names, by_region, strict=True)
+            f"{n} Dice {d[k].dice:.3f}" for n, d in zip(names, by_region, strict=True)
         )
-        png = _case_overlay(files[k], result.regions, title, label_map=True)
+        missing = "" if files[k].image is not None else f"{k}: no CT image, masks on grey."
+        png = _case_overlay(files[k], result.regions, read_as, title)
         parts.append(
-            f'<section class="case" id="case-{_e(k)}">{_img(png, f"overlay {k}")}</section>'
+            f'<section class="case" id="case-{_e(k)}">'
+            + (f'<p class="muted">{_e(missing)}</p>' if missing else "")
+            + f"{_img(png, f'overlay {k}')}</section>"
         )
     hidden = len(worst_first) - max_cases
     if hidden > 0:
@@ -335,19 +288,15 @@ def write_report(
         parts += _run_section(run, config)
     read = run.files() if run is not None else []
     if pred_dir is not None and gt is not None:
-        from voxseg.evaluation import evaluate, evaluate_regions, read_files
+        from voxseg.evaluation import read_files, score_as_asked
 
         if foreground is None and regions is None and run is not None and run.config_path.is_file():
             if isinstance(config, ConfigError):
                 raise config
             data = config.data  # score what the run learned
             foreground, regions = data.foreground, data.targets() if data.regions else None
-        if regions:
-            result = evaluate_regions(pred_dir, gt, regions)
-            parts += _regions_section(result, max_cases)
-        else:
-            result = evaluate(pred_dir, gt, foreground=foreground)
-            parts += _evaluation_section(result, foreground, max_cases)
+        result, read_as = score_as_asked(pred_dir, gt, foreground=foreground, regions=regions)
+        parts += _scores_section(result, read_as, max_cases)
         read += read_files(result.pairs)
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

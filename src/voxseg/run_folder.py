@@ -119,6 +119,9 @@ class TrainState:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainState:
+        """A state as `to_dict` wrote it; ValueError naming the first field that is not (a
+        hand-edited or damaged state.json must not steer a resumed run)."""
+        _check_state(d)
         names = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
         d["history"] = [EpochRecord(**h) for h in d.get("history", [])]
@@ -129,6 +132,40 @@ class TrainState:
         if isinstance(d.get("best_postprocess"), dict):  # before regions: one output
             d["best_postprocess"] = [d["best_postprocess"]] if d["best_postprocess"] else []
         return cls(**d)
+
+
+_COUNTS = ("epoch", "step", "best_epoch", "bad_epochs", "epoch_step", "epoch_steps")
+
+
+def _check_state(d: Any) -> None:
+    def bad(name: str, problem: str) -> ValueError:
+        return ValueError(f'field "{name}" = {d.get(name)!r}: {problem}')
+
+    if not isinstance(d, dict):
+        raise ValueError("not a JSON object")
+    for name in _COUNTS:
+        v = d.get(name, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise bad(name, "must be a whole number >= 0")
+    elapsed = d.get("elapsed", 0.0)
+    if (
+        isinstance(elapsed, bool)
+        or not isinstance(elapsed, int | float)
+        or not (math.isfinite(elapsed) and elapsed >= 0)
+    ):
+        raise bad("elapsed", "must be a number of seconds >= 0")
+    history = d.get("history", [])
+    if not isinstance(history, list) or (history and len(history) != d.get("epoch", 0)):
+        raise bad("epoch", f"does not match the {len(history)} epochs of its history")
+    if d.get("best_epoch", 0) > d.get("epoch", 0):
+        raise bad("best_epoch", "is later than the epochs completed")
+    if d.get("epoch_steps", 0) and d.get("epoch_step", 0) > d["epoch_steps"]:
+        raise bad("epoch_step", "is beyond the epoch's length (epoch_steps)")
+    files = d.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise bad("files", "must map file names to SHA-256 hex digests")
+    if not isinstance(d.get("stopped", ""), str):
+        raise bad("stopped", "must be text")
 
 
 @dataclass(frozen=True)
@@ -235,6 +272,11 @@ class RunFolder:
             if data is None:
                 problems.append(f"{path.name} unreadable")
                 continue
+            try:  # a hand-edited or damaged state must not steer the resumed run
+                state = TrainState.from_dict(data)
+            except (TypeError, ValueError) as exc:
+                problems.append(f"{path.name}: {exc}")
+                continue
             recorded = data.get("files", {})
             found = {
                 name: _weights().find_intact(self.root / name, recorded[name])
@@ -253,9 +295,7 @@ class RunFolder:
                     note = f"latest checkpoint damaged ({'; '.join(problems)}); "
                     note += f"resuming from epoch {data.get('epoch')}"
                 values = data.pop("optimizer", {})
-                return Checkpoint(
-                    TrainState.from_dict(data), values, found[_LAST], found[_OPTIMIZER], note
-                )
+                return Checkpoint(state, values, found[_LAST], found[_OPTIMIZER], note)
             problems.append(f"{', '.join(bad)} of {path.name} corrupted or missing")
         if not state_path.exists():
             raise ConfigError(

@@ -29,25 +29,23 @@ def evaluate(
     """Dice, IoU, precision, recall, HD95, surface Dice (1/2 mm), volume difference per case;
     with --regions, every metric per region and the composite (KiTS19: mean of the two Dice)."""
     from voxseg.errors import ConfigError
-    from voxseg.evaluation import check_results, evaluate_regions, write_results
-    from voxseg.evaluation import evaluate as run_evaluation
+    from voxseg.evaluation import check_results, score_as_asked, write_results
     from voxseg.regions import parse_foreground, parse_regions
 
     if region_spec is not None and foreground is not None:
         raise ConfigError("give --foreground or --regions, not both")
     if out is not None:
         check_results(out, overwrite)
-    if region_spec is not None:
-        regions = parse_regions(region_spec)
-        result = evaluate_regions(pred, gt, regions)
-        for region, scored in zip(regions, result.results, strict=True):
-            print_metrics(scored, f"{region.name}: ")
+    regions = parse_regions(region_spec) if region_spec is not None else None
+    scored, _ = score_as_asked(pred, gt, foreground=parse_foreground(foreground), regions=regions)
+    several = len(scored.regions) > 1
+    for region, per_region in zip(scored.regions, scored.results, strict=True):
+        print_metrics(per_region, f"{region.name}: " if several else "")
+    if several:
         console.print(
-            f"composite Dice (mean of the regions' mean Dice): {result.composite_dice:.4f}"
+            f"composite Dice (mean of the regions' mean Dice): {scored.composite_dice:.4f}"
         )
-    else:
-        result = run_evaluation(pred, gt, foreground=parse_foreground(foreground))
-        print_metrics(result)
+    result = scored if several else scored.results[0]  # the file format of each
     for note in result.notes:
         err_console.print(f"note: {note}", highlight=False)
     if out is not None:

@@ -18,12 +18,6 @@ MAX_CLASS = 31
 an 'ignore' marker) and need an explicit --foreground."""
 
 
-def binary_target(label: np.ndarray, foreground: tuple[int, ...] | None) -> np.ndarray:
-    """uint8 {0, 1}: every non-zero label, or only the listed label values."""
-    mask = label != 0 if foreground is None else np.isin(label, foreground)
-    return mask.astype(np.uint8)
-
-
 def label_values(
     label: np.ndarray, path: Path, foreground: tuple[int, ...] | None = None
 ) -> tuple[int, ...]:

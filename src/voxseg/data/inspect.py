@@ -11,10 +11,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from voxseg.data.checks import binary_target, check_pair, label_values
+from voxseg.data.checks import check_pair, label_values
 from voxseg.data.discovery import Case, Dataset
 from voxseg.data.io import read_image, read_info
 from voxseg.progress import ProgressFn, Step, ignore
+from voxseg.regions import Region
 
 AXES = "z y x"
 """Order of `shape` and `spacing`: the canonical S, P, L axes, as --shape/--spacing take them."""
@@ -42,7 +43,7 @@ def inspect_case(case: Case, foreground: tuple[int, ...] | None = None) -> CaseI
         label, lgeom = read_image(case.label)
         check_pair(info.geometry, lgeom, case.image, case.label)
         values = label_values(label, case.label, foreground)
-        fraction = float(np.count_nonzero(binary_target(label, foreground))) / label.size
+        fraction = float(np.count_nonzero(Region("", foreground).mask(label))) / label.size
         label_dtype = str(label.dtype)
     g = info.geometry
     shape, spacing = g.canonical_grid()
