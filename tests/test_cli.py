@@ -375,3 +375,17 @@ def test_a_closed_pipe_ends_quietly(kits_tiny: Path):
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, stderr
     assert stderr == "", stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("predict", "-d", "1"), "-d is nnU-Net's dataset id; voxseg takes the dataset folder"),
+        (("predict", "--disable_tta"), "test-time augmentation is off unless `--tta`"),
+        (("train", "--fast"), "train on a coarser `--spacing`"),
+        (("predict", "--model", "a", "--model", "b", "-i", "x"), "--model is given twice"),
+        (("predict", "--model=a", "--model", "b", "-i", "x"), "--model is given twice"),
+    ],
+)
+def test_habits_from_other_tools_get_a_pointer(args, needle):
+    assert_user_error(invoke(*args), needle)

@@ -322,3 +322,53 @@ def test_a_hand_edited_state_is_refused_on_resume(tmp_path: Path, run: Path, fie
     result = invoke("train", "--data", run.parent / "kits", "--out", copy, "--resume")
     one_line_error(result, "state", needle)
     assert _snapshot(copy) == before
+
+
+# ---- nnU-Net's dataset.json regions are the default target ---------------------------------------
+def test_dataset_json_regions_are_read_and_trained(tmp_path: Path):
+    import json
+
+    from voxseg.data import discover
+
+    data = _msd(tmp_path / "Dataset002")
+    (data / "dataset.json").write_text(
+        json.dumps(
+            {
+                "labels": {"background": 0, "kidney": [1, 2], "tumor": 2},
+                "regions_class_order": [1, 2],
+                "file_ending": ".nii.gz",
+                "channel_names": {"0": "CT"},
+            }
+        ),
+        encoding="utf-8",
+    )
+    dataset = discover(data)
+    assert [(r.name, r.labels) for r in dataset.regions] == [("kidney", (1, 2)), ("tumor", (2,))]
+    assert dataset.label_names == {0: "background", 1: "kidney", 2: "tumor"}
+    info = invoke("info", data)
+    assert "1 kidney, 2 tumor" in " ".join(info.stdout.split())
+    out = tmp_path / "run"
+    args = ("--epochs", "1", "--steps-per-epoch", "1", "--val-fraction", "0.5")
+    result = invoke("train", "--data", data, "--out", out, *args)
+    assert result.exit_code == 0, result.output
+    assert "dataset.json declares regions" in result.stderr + result.stdout
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["data"]["region_names"] == ["kidney", "tumor"]
+    assert config["data"]["regions"] == [[1, 2], [2]]
+
+
+def test_a_file_ending_that_matches_nothing_names_dataset_json(tmp_path: Path):
+    data = _msd(tmp_path / "Dataset003")
+    (data / "dataset.json").write_text('{"file_ending": ".nrrd"}', encoding="utf-8")
+    one_line_error(invoke("info", data), "dataset.json", "file_ending '.nrrd'")
+
+
+def test_an_uncompressed_kits_label_is_read(tmp_path: Path):
+    from voxseg.data import discover
+
+    image, label = blob_case(seed=0)
+    case = write_case(tmp_path / "kits" / "case_00000", image, label, geometry_for(image.shape),
+                      label_name="segmentation.nii")  # fmt: skip
+    [found] = discover(tmp_path / "kits").cases
+    assert found.label == case / "segmentation.nii"
+    assert discover(tmp_path / "kits").layout == "kits19"

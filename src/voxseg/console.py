@@ -37,7 +37,9 @@ class OneLineErrors(typer.core.TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         click = _click_module()
+        given = list(sys.argv[1:] if args is None else args)
         try:
+            _refuse_repeated_options(given, click)
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as exc:
             console.print(exc.format_message(), highlight=False, markup=False)
@@ -46,8 +48,9 @@ class OneLineErrors(typer.core.TyperGroup):
             ctx = getattr(exc, "ctx", None)
             command = ctx.command_path if ctx is not None else "voxseg"
             message = " ".join(exc.format_message().split())
+            hint = _other_tools_hint(message)
             err_console.print(
-                f"error: {message} (see `{command} --help`)",
+                f"error: {message}{hint} (see `{command} --help`)",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,
@@ -59,6 +62,45 @@ class OneLineErrors(typer.core.TyperGroup):
         if standalone_mode:
             sys.exit(rv if isinstance(rv, int) else 0)
         return rv
+
+
+OTHER_TOOLS = {
+    "-d": "nnU-Net's dataset id; voxseg takes the dataset folder (`--data DIR`)",
+    "-c": "nnU-Net's configuration; voxseg plans one from the data and `--max-minutes`",
+    "-f": "nnU-Net's fold; a run holds one split here (`--val-cases`, `--val-fraction`)",
+    "-tr": "nnU-Net's trainer; voxseg's recipe is planned (`voxseg train --help`)",
+    "-p": "nnU-Net's plans; voxseg plans from the data (`voxseg info RUN` shows the plan)",
+    "-chk": "nnU-Net's checkpoint choice; voxseg predicts with the best weights",
+    "-npp": "nnU-Net's preprocessing workers; voxseg reads the next case in the background",
+    "--fast": "TotalSegmentator's low-resolution switch; train on a coarser `--spacing`",
+    "--roi_subset": "TotalSegmentator's subset; train with `--foreground` or `--regions`",
+    "--ml": "TotalSegmentator's one-label-map switch; voxseg writes one label map already",
+    "--disable_tta": "TotalSegmentator's switch; voxseg's test-time augmentation is off "
+    "unless `--tta` is given",
+}
+"""Options users of nnU-Net and TotalSegmentator type by habit, and what voxseg does instead."""
+
+
+def _other_tools_hint(message: str) -> str:
+    for option, hint in OTHER_TOOLS.items():
+        if f"No such option: {option}" in message and (
+            message.endswith(option) or f"{option} " in message or f"{option}(" in message
+        ):
+            return f"; {option} is {hint}"
+    return ""
+
+
+def _refuse_repeated_options(args: list[str], click) -> None:
+    """`--model a --model b` would silently take b: a usage error instead."""
+    seen = set()
+    for arg in args:
+        if arg == "--":
+            return
+        name = arg.split("=", 1)[0]
+        if name.startswith("--") and name != "--help":
+            if name in seen:
+                raise click.exceptions.UsageError(f"{name} is given twice; give it once")
+            seen.add(name)
 
 
 def fail(message: str, code: int) -> None:

@@ -22,10 +22,22 @@ from typing import Literal
 from voxseg.data.dataset_json import read_dataset_json
 from voxseg.data.io import IMAGE_SUFFIXES, image_stem, is_dicom_dir, is_image_file
 from voxseg.errors import ConfigError, InputError
+from voxseg.regions import Region
 
 Layout = Literal["kits19", "kits21", "msd", "folder", "file"]
 KITS_IMAGE = "imaging.nii.gz"
-KITS_LABELS = ("segmentation.nii.gz", "aggregated_MAJ_seg.nii.gz")
+KITS_IMAGES = (KITS_IMAGE, "imaging.nii")
+KITS_LABELS = (
+    *("segmentation.nii.gz", "segmentation.nii"),
+    *("aggregated_MAJ_seg.nii.gz", "aggregated_MAJ_seg.nii"),
+)
+"""A case's label, compressed or not (KiTS21 names the majority vote aggregated_MAJ_seg)."""
+
+
+def _first(folder: Path, names: Sequence[str]) -> Path | None:
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
 _CASE_DIR = re.compile(r"^case_\d+$")
 _MSD_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -52,6 +64,8 @@ class Dataset:
     """Things discovery skipped, worded for the user (e.g. a case folder without an image)."""
     label_names: dict[int, str] = field(default_factory=dict)
     """Label value -> name, from the dataset's dataset.json (empty when it has none)."""
+    regions: tuple[Region, ...] = ()
+    """Regions its dataset.json declares (nnU-Net's region-based labels), outermost first."""
 
     @property
     def labelled(self) -> tuple[Case, ...]:
@@ -82,9 +96,8 @@ def _kits_cases(base: Path) -> tuple[list[Case], list[str]]:
     for d in _subdirs(base):
         if not _CASE_DIR.match(d.name):
             continue
-        image = d / KITS_IMAGE
-        label = next((d / n for n in KITS_LABELS if (d / n).is_file()), None)
-        if not image.is_file():
+        image, label = _first(d, KITS_IMAGES), _first(d, KITS_LABELS)
+        if image is None:
             notes.append(f"{d}: no {KITS_IMAGE}, skipped")
             continue
         cases.append(Case(d.name, image, label))
@@ -167,14 +180,14 @@ def discover(root: str | Path) -> Dataset:
         raise InputError(
             f"{root}: not an image file ({', '.join(IMAGE_SUFFIXES)}) or a folder; check the path"
         )
-    if (root / KITS_IMAGE).is_file():  # one KiTS case folder: its scan, never its labels
-        label = next((root / n for n in KITS_LABELS if (root / n).is_file()), None)
-        return Dataset(root, "kits19", (Case(root.name, root / KITS_IMAGE, label),))
+    image = _first(root, KITS_IMAGES)
+    if image is not None:  # one KiTS case folder: its scan, never its labels
+        return Dataset(root, "kits19", (Case(root.name, image, _first(root, KITS_LABELS)),))
     for base, layout in ((root, "kits19"), (root / "data", "kits19"), (root / "dataset", "kits21")):
         if base.is_dir():
             cases, notes = _kits_cases(base)
             if cases:
-                has_maj = any(c.label and c.label.name != KITS_LABELS[0] for c in cases)
+                has_maj = any(c.label and c.label.name.startswith("aggregated") for c in cases)
                 return Dataset(root, "kits21" if has_maj else layout, tuple(cases), tuple(notes))
     if (root / "imagesTr").is_dir() or (root / "imagesTs").is_dir():
         described = read_dataset_json(root)
@@ -183,7 +196,13 @@ def discover(root: str | Path) -> Dataset:
         if cases:
             _unique_ids(root, cases)
             names = described.labels if described else {}
-            return Dataset(root, "msd", tuple(cases), tuple(notes), names)
+            regions = described.regions if described else ()
+            return Dataset(root, "msd", tuple(cases), tuple(notes), names, regions)
+        if ending and (_image_files(root / "imagesTr") or _image_files(root / "imagesTs")):
+            raise InputError(
+                f"{root / 'dataset.json'}: its file_ending {ending!r} matches no image in "
+                "imagesTr/ or imagesTs/; correct file_ending"
+            )
     files = _image_files(root)
     if files:
         cases = [Case(folder_case_id(p, files), p) for p in files]

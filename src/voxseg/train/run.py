@@ -261,6 +261,25 @@ def run_training(o: TrainOptions, hooks: TrainHooks | None = None) -> tuple[RunC
         shutdown()
 
 
+def _declared_regions(o: TrainOptions, wanted: RunConfig, dataset, log) -> RunConfig:
+    """A dataset whose dataset.json declares regions (nnU-Net's `"kidney": [1, 2]`) trains
+    them when the user named no target, as nnU-Net would; and says so."""
+    named = {"data.regions", "data.foreground"} & set(o.overrides)
+    if not dataset.regions or named or o.resume or o.preset or wanted.model.name == "seed":
+        return wanted
+    log(
+        f"dataset.json declares regions {describe(dataset.regions)}: training them "
+        "(--foreground trains one target instead)"
+    )
+    return wanted.override(
+        {
+            "data.regions": tuple(r.labels for r in dataset.regions),
+            "data.region_names": tuple(r.name for r in dataset.regions),
+        },
+        complete=False,
+    )
+
+
 def _run(
     o: TrainOptions, wanted: RunConfig, hooks: TrainHooks, dist: DistContext
 ) -> tuple[RunConfig, TrainState]:
@@ -269,6 +288,7 @@ def _run(
     log = hooks.log if dist.is_main else (lambda _m: None)
     run = RunFolder(o.out)
     dataset = discover(o.data)
+    wanted = _declared_regions(o, wanted, dataset, log)
     foreground = target_values(wanted.data.targets())
     if dist.is_main:  # the others read the configuration rank 0 resolved
         prepare_run_dir(run, o.resume, o.overwrite)
