@@ -163,11 +163,9 @@ def load_predictor(
     notes = _in_progress(run)
     config = run.load_config()
     if choose_engine(run, engine, device, precision or config.train.precision) == "onnx":
-        from voxseg.onnx_engine import load_onnx
+        from voxseg.onnx_engine import load_onnx, model_key
 
         model = load_onnx(run.onnx_model)
-        from voxseg.onnx_engine import model_key
-
         entry = {"name": config.model.name, "options": config.model.options}
         if model.model is not None and model.model != model_key(entry):
             raise ConfigError(
@@ -346,7 +344,8 @@ def _finish_and_write(
     config, path, geometry = predictor.config, loaded.job.path, loaded.geometry
     replace = loaded.job.replace
     if path is not None and not replace:  # free when the run began: taken since?
-        taken = [p for p in [path, *probability_paths(path, config)] if p.exists()]
+        outputs = [path, *(probability_paths(path, config) if probabilities else [])]
+        taken = [p for p in outputs if p.exists()]
         if taken:
             raise appeared_meanwhile(taken[0])
     mask, probs = finish(config, prob, loaded.record, infer, probabilities)
