@@ -350,7 +350,13 @@ def test_predict_choices_are_predictions_types():
 
 
 def test_version_and_plain_help():
+    from typing import get_args
+
     from voxseg import __version__
+    from voxseg.cli.train_options import Lr
+    from voxseg.train.plan import PLANNED_LR
+
+    assert f"{PLANNED_LR:g} planned for the U-Net" in get_args(Lr)[1].help
 
     result = invoke("--version")
     assert result.exit_code == 0 and result.stdout.strip() == f"voxseg {__version__}"

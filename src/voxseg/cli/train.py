@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
-from typing import Annotated
 
 import typer
 
+from voxseg.cli import train_options as opt
 from voxseg.cli.app import command
-from voxseg.cli.options import Device, Foreground, Regions, flag
-from voxseg.config import TrainConfig
+from voxseg.cli.options import Device, Foreground, Regions
 from voxseg.console import (
     ProgressUI,
     console,
@@ -22,114 +20,42 @@ from voxseg.console import (
     launch_torchrun,
 )
 
-_T = TrainConfig()
-
-
-def _opt(name: str, help: str, metavar: str | None = None):
-    return typer.Option(name, help=help, metavar=metavar)
-
 
 @command()
 @handle_errors
 def train(
-    data: Annotated[Path, _opt("--data", "Labelled dataset root (KiTS, MSD or nnU-Net layout).")],
-    out: Annotated[Path, _opt("--out", "Run folder for weights, config, metrics, curves.")],
-    model: Annotated[str | None, _opt("--model", "Network (default: unet).", "unet|seed")] = None,
-    preset: Annotated[
-        str | None, _opt("--preset", "'seed': the original Keras recipe.", "seed")
-    ] = None,
-    shape: Annotated[
-        tuple[int, int, int] | None, _opt("--shape", "Resize every case to this size.", "Z Y X")
-    ] = None,
-    spacing: Annotated[
-        tuple[float, float, float] | None,
-        _opt("--spacing", "Resample to this voxel size in mm (default: planned).", "Z Y X"),
-    ] = None,
-    epochs: Annotated[
-        int | None, _opt("--epochs", "Most epochs (default: planned; the clock ends a timed run).")
-    ] = None,
-    batch_size: Annotated[
-        int | None, _opt("--batch-size", "Patches per step (default: planned, 2).")
-    ] = None,
-    lr: Annotated[float | None, _opt("--lr", f"Peak learning rate (default {_T.lr:g}).")] = None,
-    weight_decay: Annotated[
-        float | None, _opt("--weight-decay", f"Default {_T.weight_decay:g} (adamw).")
-    ] = None,
-    loss: Annotated[str | None, _opt("--loss", f"Default {_T.loss}.", "bce|dice_bce")] = None,
-    optimizer: Annotated[
-        str | None, _opt("--optimizer", f"Default {_T.optimizer}.", "adamw|adam|sgd")
-    ] = None,
-    val_fraction: Annotated[
-        float | None,
-        _opt("--val-fraction", f"Share of cases held out (default {_T.val_fraction:g})."),
-    ] = None,
-    val_cases: Annotated[
-        str | None, _opt("--val-cases", "Validation case ids, comma-separated.", "IDS")
-    ] = None,
-    patience: Annotated[
-        int | None, _opt("--patience", "Epochs without improvement before stopping; 0: never.")
-    ] = None,
-    max_minutes: Annotated[
-        float | None, _opt("--max-minutes", "Time budget; the recipe plans for it.")
-    ] = None,
-    steps_per_epoch: Annotated[
-        int | None,
-        _opt("--steps-per-epoch", "Steps per epoch (default: one pass; timed runs adapt it)."),
-    ] = None,
-    seed: Annotated[int | None, _opt("--seed", f"Random seed (default {_T.seed}).")] = None,
-    resume: Annotated[bool, flag("--resume", "Continue the run in --out.")] = False,
-    overwrite: Annotated[bool, flag("--overwrite", "Start afresh in an existing --out.")] = False,
+    data: opt.Data,
+    out: opt.Out,
+    model: opt.Model = None,
+    preset: opt.Preset = None,
+    shape: opt.Shape = None,
+    spacing: opt.Spacing = None,
+    epochs: opt.Epochs = None,
+    batch_size: opt.BatchSize = None,
+    lr: opt.Lr = None,
+    weight_decay: opt.WeightDecay = None,
+    loss: opt.Loss = None,
+    optimizer: opt.Optimizer = None,
+    val_fraction: opt.ValFraction = None,
+    val_cases: opt.ValCases = None,
+    patience: opt.Patience = None,
+    max_minutes: opt.MaxMinutes = None,
+    steps_per_epoch: opt.StepsPerEpoch = None,
+    seed: opt.Seed = None,
+    resume: opt.Resume = False,
+    overwrite: opt.Overwrite = False,
     device: Device = "auto",
-    precision: Annotated[
-        str | None,
-        _opt("--precision", "Default auto: bf16 where it runs fast.", "auto|fp32|bf16|fp16"),
-    ] = None,
-    augment: Annotated[
-        str | None,
-        _opt(
-            "--augment",
-            f"light: flips, jitter; full: nnU-Net's kind (default {_T.augment}).",
-            "off|light|full",
-        ),
-    ] = None,
+    precision: opt.Precision = None,
+    augment: opt.Augment = None,
     foreground: Foreground = None,
     region_spec: Regions = None,
-    cache: Annotated[Path | None, _opt("--cache", "Preprocessed-case cache folder.")] = None,
-    width: Annotated[int | None, _opt("--width", "U-Net base width (default: 8 on CPU).")] = None,
-    batch_dice: Annotated[
-        bool | None,
-        typer.Option(
-            "--batch-dice/--sample-dice",
-            metavar="",
-            help="Dice loss over the whole batch, or per patch (a small tumour counts fully). "
-            "Default: per patch with --regions.",
-            show_default=False,
-        ),
-    ] = None,
-    deep_supervision: Annotated[
-        bool,
-        flag("--deep-supervision", "Also train the coarser decoder outputs (nnU-Net's)."),
-    ] = False,
-    anisotropic: Annotated[
-        bool,
-        typer.Option(
-            "--anisotropic/--isotropic",
-            metavar="",
-            help="Thick slices: plan nnU-Net's U-Net that does not mix slices at first.",
-        ),
-    ] = True,
-    budget_grid: Annotated[
-        bool,
-        typer.Option(
-            "--budget-grid/--data-grid",
-            metavar="",
-            help="With --max-minutes, coarsen the planned grid so a short budget sees the "
-            "training set often enough (predictions still land on each input's own grid).",
-        ),
-    ] = True,
-    nproc: Annotated[
-        int, typer.Option("--nproc", min=1, help="Processes on this machine (DDP via torchrun).")
-    ] = 1,
+    cache: opt.Cache = None,
+    width: opt.Width = None,
+    batch_dice: opt.BatchDice = None,
+    deep_supervision: opt.DeepSupervision = False,
+    anisotropic: opt.Anisotropic = True,
+    budget_grid: opt.BudgetGrid = True,
+    nproc: opt.Nproc = 1,
 ) -> None:
     """Train a model; with no options the recipe plans itself from the data and --max-minutes."""
     from voxseg.config import train_overrides
