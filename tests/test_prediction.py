@@ -218,3 +218,11 @@ def test_predict_never_imports_monai(tmp_path: Path, runs):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert read_image(out)[0].shape == SHAPE
+
+
+def test_probabilities_in_memory_without_an_output(tmp_path: Path, runs):
+    image, _ = blob_case(SHAPE)
+    src = write_image(tmp_path / "scan.nii.gz", image, geometry_for(SHAPE))
+    [p] = predict(runs["spacing"], src, None, device="cpu", probabilities=True)
+    assert p.path is None and p.mask.shape == SHAPE and p.probabilities.shape == (1, *SHAPE)
+    assert [f.name for f in tmp_path.iterdir()] == ["scan.nii.gz"]

@@ -318,8 +318,10 @@ class _Job:
     case: Case
     path: Path | None
     index: int
+    outputs: tuple[Path, ...] = ()
+    """The files it writes: the mask, then its probabilities when asked (none in memory)."""
     replace: bool = False
-    """Its output may be replaced: --overwrite, or an unfinished file was there when the run
+    """Its outputs may be replaced: --overwrite, or an unfinished one was there when the run
     began. Otherwise a file another process wrote meanwhile is kept, and this run stops."""
 
 
@@ -343,11 +345,9 @@ def _finish_and_write(
 ) -> Prediction:
     config, path, geometry = predictor.config, loaded.job.path, loaded.geometry
     replace = loaded.job.replace
-    if path is not None and not replace:  # free when the run began: taken since?
-        outputs = [path, *(probability_paths(path, config) if probabilities else [])]
-        taken = [p for p in outputs if p.exists()]
-        if taken:
-            raise appeared_meanwhile(taken[0])
+    taken = [] if replace else [p for p in loaded.job.outputs if p.exists()]
+    if taken:  # free when the run began: another process wrote it since
+        raise appeared_meanwhile(taken[0])
     mask, probs = finish(config, prob, loaded.record, infer, probabilities)
     if path is not None and path.suffix.lower() == ".dcm":
         from voxseg.data.dicom_seg import segment, series_files, write_dicom_seg
@@ -409,8 +409,12 @@ def iter_predictions(
         if output is not None
         else [None] * len(cases)
     )
+
+    def extra_of(path: Path) -> list[Path]:
+        return probability_paths(path, config) if probabilities else []
+
     if output is not None:
-        extra = [q for p in paths for q in probability_paths(p, config)] if probabilities else []
+        extra = [q for p in paths for q in extra_of(p)]
         refuse_replacing_inputs([*paths, *extra], [p for c in cases for p in (c.image, c.label)])
         if single:
             for path in [paths[0], *extra]:
@@ -420,17 +424,15 @@ def iter_predictions(
     jobs = []
     for i, (case, path) in enumerate(mine, start=1):
         done = path is not None and path.exists() and not overwrite and not single
-        done = done and (
-            not probabilities or all(q.exists() for q in probability_paths(path, config))
-        )
+        done = done and all(q.exists() for q in extra_of(path))
         geometry = read_info(case.image).geometry if done else None
         if done and _is_complete(path, geometry):
             on_progress(Step("predicting", i, len(mine), f"{case.case_id} exists, kept"))
             yield Prediction(case.case_id, None, geometry, path=path, skipped=True)
         else:
-            outputs = [path, *(probability_paths(path, config) if probabilities else [])]
-            replace = overwrite or (path is not None and any(p.exists() for p in outputs))
-            jobs.append(_Job(case, path, i, replace))
+            outputs = () if path is None else (path, *extra_of(path))
+            replace = overwrite or any(p.exists() for p in outputs)
+            jobs.append(_Job(case, path, i, outputs, replace))
     if not background:
         for job in jobs:
             loaded = _load(predictor, job)
