@@ -13,7 +13,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, astuple, dataclass, fields
 from pathlib import Path
 
@@ -375,28 +375,33 @@ def _check_label_maps(pairs: Sequence[CasePair], regions: tuple[Region, ...]) ->
     return bool(notes) and notes[0].startswith("voxseg")
 
 
-def score(
-    pred: str | Path,
+def _score(
+    pairs: Sequence[CasePair],
+    notes: Sequence[str],
     gt: str | Path,
     regions: tuple[Region, ...],
     read_as: tuple[Region, ...],
     *,
     option: str,
     on_progress: ProgressFn = ignore,
+    check_highest: Callable[[int], None] = lambda _highest: None,
 ) -> RegionsResult:
     """The one scoring loop: every metric per region, region r of a prediction file read as
     `read_as[r]` and of the ground truth as `regions[r]`. `option` names what the user gave
-    (`--foreground`, `--regions`) in messages."""
-    pairs, notes = pair_cases(Path(pred), Path(gt))
+    (`--foreground`, `--regions`) in messages; `check_highest` sees the highest prediction
+    value of all cases before the results are checked (files are read once)."""
     cases = [[] for _ in regions]
     totals = [ConfusionCounts(0, 0, 0, 0) for _ in regions]
+    highest = 0
     for i, pair in enumerate(pairs, start=1):
         pred_array, gt_array, gt_geom = _read_pair(pair)
+        highest = max(highest, int(pred_array.max(initial=0)))
         for r, (region, as_read) in enumerate(zip(regions, read_as, strict=True)):
             pred_mask, gt_mask = as_read.mask(pred_array), region.mask(gt_array)
             totals[r] = totals[r] + ConfusionCounts.from_masks(pred_mask, gt_mask)
             cases[r].append(case_metrics(pair.case_id, pred_mask, gt_mask, gt_geom.spacing))
         on_progress(Step("evaluating", i, len(pairs), pair.case_id))
+    check_highest(highest)
     for region, t in zip(regions, totals, strict=True):
         if t.tp + t.fn == 0:
             raise InputError(
@@ -423,7 +428,10 @@ def score_as_asked(
         return evaluate_regions(pred, gt, regions, on_progress=on_progress), regions
     target = NON_ZERO[0] if foreground is None else Region(label_words(foreground), foreground)
     read_as = (Region(target.name, None),)
-    scored = score(pred, gt, (target,), read_as, option="--foreground", on_progress=on_progress)
+    pairs, notes = pair_cases(Path(pred), Path(gt))
+    scored = _score(
+        pairs, notes, gt, (target,), read_as, option="--foreground", on_progress=on_progress
+    )
     return scored, read_as
 
 
@@ -448,22 +456,19 @@ def evaluate_regions(
     on_progress: ProgressFn = ignore,
 ) -> RegionsResult:
     """Score label-map predictions region by region against label-map ground truth."""
-    pairs, _ = pair_cases(Path(pred), Path(gt))
+    pairs, notes = pair_cases(Path(pred), Path(gt))
     marked = _check_label_maps(pairs, regions)
-    _check_not_binary(pred, pairs, regions, marked)
-    return score(pred, gt, regions, regions, option="--regions", on_progress=on_progress)
-
-
-def _check_not_binary(pred, pairs: Sequence[CasePair], regions, marked: bool) -> None:
-    """Files voxseg did not write are judged by their values: 0 and 1 only cannot hold a
-    region without label 1 (a binary model's masks would score 0 there)."""
     unreachable = [r.name for r in regions if r.labels is not None and 1 not in r.labels]
-    if marked or not unreachable:
-        return
-    highest = max(int(read_image(pair.pred)[0].max(initial=0)) for pair in pairs)
-    if highest <= 1:
-        raise InputError(
-            f"{pred}: holds binary masks (values 0 and 1 only), but region {unreachable[0]!r} "
-            "needs other label values; score a binary model without --regions (with "
-            "--foreground), or predict with a model trained with --regions"
-        )
+
+    def not_binary(highest: int) -> None:  # files voxseg did not write: their values tell
+        if highest <= 1 and unreachable and not marked:
+            raise InputError(
+                f"{pred}: holds binary masks (values 0 and 1 only), but region "
+                f"{unreachable[0]!r} needs other label values; score a binary model without "
+                "--regions (with --foreground), or predict with a model trained with --regions"
+            )
+
+    return _score(
+        pairs, notes, gt, regions, regions, option="--regions", on_progress=on_progress,
+        check_highest=not_binary,
+    )  # fmt: skip
