@@ -67,6 +67,21 @@ def geometry_for(
     return Geometry(shape=tuple(shape), spacing=tuple(spacing), origin=origin, direction=direction)
 
 
+def blocking(package: str) -> str:
+    """Python source that makes importing `package` (or any submodule) fail, to prepend to a
+    `python -c` script: a path that must not need it shows it does not."""
+    return f"""
+import sys
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == {package!r} or name.startswith({package + "."!r}):
+            raise ImportError(f"{package} is blocked in this test ({{name}})")
+
+sys.meta_path.insert(0, Block())
+"""
+
+
 @pytest.fixture
 def kits_tiny(tmp_path: Path) -> Path:
     """Three labelled KiTS19-layout cases (I,P,L direction, anisotropic) and one unlabelled."""

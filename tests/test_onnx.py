@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import blocking
 from voxseg.config import InferConfig, ModelConfig, PreprocessConfig, RunConfig
 from voxseg.data.io import read_image
 from voxseg.errors import InputError, OutputExistsError
@@ -180,16 +181,7 @@ def test_load_onnx_refuses_other_files(tmp_path):
 
 
 # ---- (c) no torch on the ONNX path -----------------------------------------------------------
-BLOCK_TORCH = """
-import sys
-
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"torch is blocked in this test ({name})")
-
-sys.meta_path.insert(0, NoTorch())
-"""
+BLOCK_TORCH = blocking("torch")
 NO_TORCH = (
     BLOCK_TORCH
     + """import numpy as np

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from tests.conftest import IDENTITY, IPL, blob_case, geometry_for, oblique_direction
+from tests.conftest import IDENTITY, IPL, blob_case, blocking, geometry_for, oblique_direction
 from voxseg.config import InferConfig, ModelConfig, PreprocessConfig, RunConfig, TrainConfig
 from voxseg.data.io import read_image, write_image
 from voxseg.errors import OutputExistsError
@@ -188,20 +188,14 @@ def test_a_bad_case_mid_cohort_ends_cleanly(tmp_path: Path, runs):
         assert read_image(out / name)[0].shape == read_image(data / name)[0].shape
 
 
-NO_MONAI = """
-import sys
-
-class NoMonai:
-    def find_spec(self, name, path=None, target=None):
-        if name == "monai" or name.startswith("monai."):
-            raise ImportError(f"monai is blocked in this test ({name})")
-
-sys.meta_path.insert(0, NoMonai())
-from voxseg.cli import main
+NO_MONAI = (
+    blocking("monai")
+    + """from voxseg.cli import main
 sys.argv = ["voxseg", "predict", "--model", sys.argv[1], "--input", sys.argv[2],
             "--output", sys.argv[3], "--device", "cpu"]
 main()
 """
+)
 
 
 def test_predict_never_imports_monai(tmp_path: Path, runs):
