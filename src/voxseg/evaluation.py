@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from voxseg.atomic import write_text
-from voxseg.data.discovery import discover, folder_case_id, require_labelled
+from voxseg.data.discovery import discover, folder_case_ids, require_labelled
 from voxseg.data.io import (
     check_output,
     image_stem,
@@ -209,8 +209,7 @@ def _pred_files(pred: Path) -> dict[str, Path]:
         raise InputError(f"{pred}: no such mask file or folder; check the prediction path")
     files: dict[str, Path] = {}
     masks = [p for p in sorted(pred.iterdir()) if is_image_file(p)]
-    for p in masks:
-        case_id = folder_case_id(p, masks)  # nnU-Net's `case_0000` names: case
+    for case_id, p in zip(folder_case_ids(masks), masks, strict=True):  # `case_0000`: case
         if case_id in files:
             raise InputError(
                 f"{pred}: two predictions for case {case_id} ({files[case_id].name}, {p.name}); "

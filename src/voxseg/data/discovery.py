@@ -124,13 +124,14 @@ def _channel_groups(files: list[Path], labels: dict[str, Path]) -> dict[str, lis
     return groups
 
 
-def folder_case_id(path: Path, files: list[Path]) -> str:
-    """A folder of nnU-Net single-channel scans (every name ends in `_0000`, as in imagesTs)
-    names its cases without the channel suffix, as nnU-Net does and as labelsTs does."""
-    stem = image_stem(path)
-    if all(image_stem(f).endswith("_0000") and len(image_stem(f)) > 5 for f in files):
-        return stem[: -len("_0000")]
-    return stem
+def folder_case_ids(files: list[Path]) -> list[str]:
+    """The case id of each file of a folder: its name without the image suffix, and without
+    the channel suffix when every name ends in `_0000` (nnU-Net single-channel scans, as in
+    imagesTs), as nnU-Net names them and as labelsTs does."""
+    stems = [image_stem(f) for f in files]
+    if all(s.endswith("_0000") and len(s) > 5 for s in stems):
+        return [s[: -len("_0000")] for s in stems]
+    return stems
 
 
 def _msd_cases(root: Path, ending: str | None) -> tuple[list[Case], list[str]]:
@@ -205,7 +206,7 @@ def discover(root: str | Path) -> Dataset:
             )
     files = _image_files(root)
     if files:
-        cases = [Case(folder_case_id(p, files), p) for p in files]
+        cases = [Case(k, p) for k, p in zip(folder_case_ids(files), files, strict=True)]
         _unique_ids(root, cases)
         return Dataset(root, "folder", tuple(cases))
     dicom = [d for d in [root, *_subdirs(root)] if is_dicom_dir(d)]
